@@ -1,0 +1,41 @@
+"""``python -m runtimes.core --bridge NAME --socket PATH``: serve one bridge."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from .errors import MLBridgeError
+from .server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtimes.core", description=__doc__)
+    p.add_argument("--bridge", default=os.environ.get("MLBRIDGE_BRIDGE"),
+                   help="entry point name (mock) or import string (pkg.mod:Class)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", help="unix socket path to serve on")
+    where.add_argument("--listen", help="host:port to serve on (debugging only)")
+    args = p.parse_args(argv)
+    if not args.bridge:
+        p.error("--bridge (or MLBRIDGE_BRIDGE) is required")
+    address = f"unix://{os.path.abspath(args.socket)}" if args.socket else args.listen
+    if not address:
+        p.error("--socket or --listen is required")
+    logging.basicConfig(level=os.environ.get("MLBRIDGE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args.bridge, address))
+    except MLBridgeError as err:
+        print(f"mlbridge runtime: {err.flat()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

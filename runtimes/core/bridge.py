@@ -1,0 +1,209 @@
+"""The Bridge base class, the ``@command`` decorator and resource types.
+
+A bridge wraps one framework. It subclasses :class:`Bridge`, names its
+namespace, registers command handlers with :func:`command` and declares
+resource types as :class:`Resource` subclasses::
+
+    class MyBridge(Bridge):
+        name = "my"
+        framework = "myframework"
+        resource_types = (Model,)
+
+        @command("predict", description="Run one prediction")
+        def predict(self, ctx, args):
+            return {"y": args["x"] * 2}
+
+A handler takes ``(self, ctx, args)`` and returns a JSON-serialisable value.
+A generator handler streams: each yielded value is a chunk, and its
+``return`` value (if any) is the final result. ``async def`` handlers run on
+the event loop; plain ones in a worker thread, unless ``inline=True`` marks
+them as cheap enough to run on the loop directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .context import CallContext
+from .errors import FrameworkError, InvalidArgument, MLBridgeError, flatten_exception
+
+__all__ = ["Bridge", "CommandSpec", "Resource", "command"]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A registered handler and what ``common:describe`` says about it."""
+
+    name: str
+    func: Callable[..., Any]
+    description: str = ""
+    schema: dict[str, Any] = field(default_factory=dict)
+    streaming: bool = False
+    is_async: bool = False
+    inline: bool = False
+
+
+def command(
+    name: str | None = None,
+    *,
+    description: str = "",
+    schema: dict[str, Any] | None = None,
+    inline: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a method as a command of its bridge's namespace.
+
+    Args:
+        name: operation name (without namespace); defaults to the function name.
+        description: one line shown by ``common:describe``.
+        schema: JSON schema of the args object. Its ``required`` keys and
+            top-level property types are checked before the handler runs.
+        inline: run on the event loop instead of a thread (only for handlers
+            that never block).
+    """
+
+    def deco(func: Callable[..., Any]) -> Callable[..., Any]:
+        func.__mlbridge_command__ = CommandSpec(  # type: ignore[attr-defined]
+            name=name or func.__name__,
+            func=func,
+            description=description or (inspect.getdoc(func) or "").split("\n")[0],
+            schema=schema or {},
+            streaming=inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func),
+            is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
+            inline=inline,
+        )
+        return func
+
+    return deco
+
+
+class Resource:
+    """A resource type. One instance per created resource, kept in its worker.
+
+    Subclasses set ``type_name`` and override the hooks they support. The
+    defaults of the optional hooks raise a sentence saying what is missing.
+    """
+
+    type_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_schema: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, bridge: Bridge, resource_id: str, config: dict[str, Any]) -> None:
+        self.bridge = bridge
+        self.resource_id = resource_id
+        self.config = config
+
+    def create(self, ctx: CallContext) -> Any:
+        """Build the framework object from ``self.config``; return info or None."""
+        return None
+
+    def execute(self, ctx: CallContext, inputs: dict[str, Any]) -> Any:
+        """Run the resource. May be a generator to stream."""
+        raise InvalidArgument(f"resource type {self.type_name!r} cannot be executed")
+
+    def delete(self, ctx: CallContext) -> None:
+        """Release what ``create`` built."""
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-serialisable summary shown by list/get (never secrets)."""
+        return {}
+
+
+class Bridge:
+    """Base class of every bridge.
+
+    Class attributes:
+        name: the bridge's command namespace ("dspy", "mock").
+        framework: the framework's distribution name, for describe and images.
+        resource_types: :class:`Resource` subclasses this bridge serves.
+        required_secrets: secret names the bridge needs (delivered per tenant).
+        packages: distributions whose versions ``describe`` reports.
+    """
+
+    name: ClassVar[str] = ""
+    framework: ClassVar[str] = ""
+    resource_types: ClassVar[tuple[type[Resource], ...]] = ()
+    required_secrets: ClassVar[tuple[str, ...]] = ()
+    packages: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        if not self.name or ":" in self.name:
+            raise TypeError(f"{type(self).__name__}.name must be a non-empty namespace without ':'")
+        self.tenant = ""
+        self.secrets: dict[str, str] = {}
+        self._types: dict[str, type[Resource]] = {t.type_name: t for t in self.resource_types}
+        self.commands: dict[str, CommandSpec] = {}
+        for klass in reversed(type(self).__mro__):
+            for attr in vars(klass).values():
+                spec = getattr(attr, "__mlbridge_command__", None)
+                if spec is not None:
+                    self.commands[spec.name] = spec
+
+    # -- hooks ------------------------------------------------------------
+    def setup(self) -> None:
+        """Import the framework and warm up. Runs once before serving."""
+
+    def configure(self, tenant: str, secrets: dict[str, str]) -> None:
+        """Receive the claiming tenant and its secrets for this bridge."""
+        self.tenant = tenant
+        self.secrets = dict(secrets)
+
+    def framework_version(self) -> str:
+        """The framework's version string ("" when the bridge has none)."""
+        return _dist_version(self.framework) if self.framework else ""
+
+    def translate_error(self, exc: BaseException) -> MLBridgeError | None:
+        """Map a framework exception to an mlbridge error; None uses the default.
+
+        The default wraps it in :class:`FrameworkError` with the flattened
+        ``"module.Class: message"`` text.
+        """
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        """Bridge-specific figures for ``common:stats``."""
+        return {}
+
+    # -- resource types -----------------------------------------------------
+    def register_resource_type(self, cls: type[Resource]) -> None:
+        """Add a resource type at run time (used for user-defined types)."""
+        if not cls.type_name:
+            raise InvalidArgument("a resource type needs a non-empty type_name")
+        self._types[cls.type_name] = cls
+
+    def resource_type(self, name: str) -> type[Resource]:
+        try:
+            return self._types[name]
+        except KeyError:
+            known = ", ".join(sorted(self._types)) or "none"
+            raise InvalidArgument(
+                f"bridge {self.name!r} has no resource type {name!r}; types: {known}"
+            ) from None
+
+    @property
+    def types(self) -> dict[str, type[Resource]]:
+        return dict(self._types)
+
+    # -- error translation ---------------------------------------------------
+    def to_error(self, exc: BaseException) -> MLBridgeError:
+        """Turn any exception into an MLBridgeError (framework hook first)."""
+        if isinstance(exc, MLBridgeError):
+            return exc
+        try:
+            mapped = self.translate_error(exc)
+        except Exception:  # a broken hook must not hide the original error
+            mapped = None
+        if mapped is not None:
+            return mapped
+        return FrameworkError(flatten_exception(exc), details={"_flattened": True})
+
+
+def _dist_version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return ""

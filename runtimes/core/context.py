@@ -1,0 +1,113 @@
+"""Per-call context handed to every handler: cancellation, deadline, progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import Cancelled, DeadlineExceeded
+
+Emit = Callable[[str, Any], None]
+
+
+class CallContext:
+    """What a handler knows about the call it serves.
+
+    Handlers run in a worker thread (or on the event loop for ``async`` and
+    ``inline`` handlers). Long handlers should call :meth:`check` or
+    :meth:`sleep` now and then so that cancellation and deadlines take effect
+    promptly; the orchestrator kills a worker whose handler ignores them.
+    """
+
+    __slots__ = (
+        "call_id",
+        "command",
+        "tenant",
+        "resource_id",
+        "resource_type",
+        "attachments",
+        "reply_attachments",
+        "metadata",
+        "deadline",
+        "secrets",
+        "_cancelled",
+        "_emit",
+    )
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        command: str,
+        tenant: str = "",
+        resource_id: str = "",
+        resource_type: str = "",
+        attachments: Mapping[str, bytes] | None = None,
+        deadline_unix_ms: int = 0,
+        secrets: Mapping[str, str] | None = None,
+        emit: Emit | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.command = command
+        self.tenant = tenant
+        self.resource_id = resource_id
+        self.resource_type = resource_type
+        self.attachments: Mapping[str, bytes] = attachments or {}
+        self.reply_attachments: dict[str, bytes] = {}
+        self.metadata: dict[str, str] = {}
+        # Convert the absolute wall-clock deadline to the monotonic clock once.
+        self.deadline: float | None = (
+            time.monotonic() + (deadline_unix_ms / 1000.0 - time.time()) if deadline_unix_ms else None
+        )
+        self.secrets: Mapping[str, str] = secrets or {}
+        self._cancelled = threading.Event()
+        self._emit = emit
+
+    # -- cancellation and deadlines -------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def remaining(self) -> float | None:
+        """Seconds until the deadline, or None when the call has none."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        """Raise Cancelled or DeadlineExceeded if the call should stop now."""
+        if self._cancelled.is_set():
+            raise Cancelled(f"call {self.call_id} was cancelled")
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"call {self.call_id} ran past its deadline")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep that wakes early (and raises) on cancellation or deadline."""
+        end = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            dl = self.remaining()
+            wait = min(left, 0.05 if dl is None else max(min(dl, 0.05), 0.001))
+            self._cancelled.wait(wait)
+
+    # -- streaming --------------------------------------------------------
+    def progress(self, step: int, total: int = 0, message: str = "") -> None:
+        """Report progress; streamed to the client on streaming calls, dropped otherwise."""
+        if self._emit is not None:
+            self._emit("progress", (int(step), int(total), str(message)))
+
+    def emit(self, chunk: Any) -> None:
+        """Send one chunk (any JSON value) to a streaming client."""
+        if self._emit is not None:
+            self._emit("chunk", chunk)
+
+    @property
+    def streaming(self) -> bool:
+        return self._emit is not None

@@ -1,0 +1,341 @@
+"""Routing and running of commands inside a runtime, free of gRPC.
+
+The gRPC servicer (``server.py``) converts messages and hands them here.
+The dispatcher resolves ``namespace:operation``, validates args, runs the
+handler where it belongs (event loop or thread pool), enforces cancellation
+and deadlines, and encodes the result under the reply size cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import runtimes
+
+from . import common
+from .bridge import Bridge, CommandSpec, Resource
+from .context import CallContext
+from .errors import (
+    Cancelled,
+    ConfigError,
+    DeadlineExceeded,
+    MLBridgeError,
+    NotFound,
+    UnknownCommand,
+)
+from .jsonio import check_schema, encode, parse_object
+
+# How long a cancelled or timed-out handler gets to stop before the runtime
+# reports it as stuck (the orchestrator then replaces the whole worker).
+STOP_GRACE_S = 1.0
+# Chunks a thread handler may queue ahead of the client before it blocks.
+STREAM_WINDOW = 256
+
+
+@dataclass
+class Outcome:
+    """What a call ended with: a JSON result or an error."""
+
+    result: bytes = b""
+    error: MLBridgeError | None = None
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    handler_stopped: bool = True
+
+
+@dataclass
+class Running:
+    ctx: CallContext
+    stop: asyncio.Event
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Dispatcher:
+    """Serves one bridge's commands and resources in one worker."""
+
+    def __init__(self, bridge: Bridge, *, max_message_bytes: int, threads: int = 8) -> None:
+        self.bridge = bridge
+        self.max_message_bytes = max_message_bytes
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mlbridge-call")
+        self.resources: dict[str, Resource] = {}
+        self.created: dict[str, float] = {}
+        self.running: dict[str, Running] = {}
+        self.common = common.CommonCommands(self)
+        self.started = time.time()
+        self.calls = 0
+        self.errors = 0
+        self.stuck = 0
+        self.configured = False
+
+    # -- lookup ---------------------------------------------------------------
+    def resolve(self, command: str) -> tuple[CommandSpec, object]:
+        ns, sep, op = command.partition(":")
+        if not sep or not ns or not op:
+            raise UnknownCommand(
+                f"command {command!r} is not of the form 'namespace:operation' "
+                f"(namespaces here: common, {self.bridge.name})"
+            )
+        if ns == "common":
+            table, owner = self.common.commands, self.common
+        elif ns == self.bridge.name:
+            table, owner = self.bridge.commands, self.bridge
+        else:
+            raise UnknownCommand(
+                f"unknown namespace {ns!r} in {command!r}; namespaces here: common, {self.bridge.name}",
+                details={"namespaces": ["common", self.bridge.name]},
+            )
+        spec = table.get(op)
+        if spec is None:
+            known = ", ".join(f"{ns}:{n}" for n in sorted(table))
+            raise UnknownCommand(f"unknown command {command!r}; {ns} commands: {known}")
+        return spec, owner
+
+    def resource(self, rid: str) -> Resource:
+        try:
+            return self.resources[rid]
+        except KeyError:
+            raise NotFound(f"resource {rid!r} not found") from None
+
+    def resource_summary(self, rid: str, res: Resource) -> dict[str, Any]:
+        return {
+            "resource_id": rid,
+            "type": res.type_name,
+            "created_unix_ms": int(self.created.get(rid, 0) * 1000),
+            "info": res.info(),
+        }
+
+    # -- facts ----------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        b = self.bridge
+        commands = [
+            {"name": f"common:{s.name}", "description": s.description, "schema": s.schema, "streaming": s.streaming}
+            for s in self.common.commands.values()
+        ] + [
+            {"name": f"{b.name}:{s.name}", "description": s.description, "schema": s.schema, "streaming": s.streaming}
+            for s in b.commands.values()
+        ]
+        types = [
+            {
+                "name": t.type_name,
+                "description": t.description,
+                "schema": t.config_schema,
+                "streaming": inspect.isgeneratorfunction(t.execute) or inspect.isasyncgenfunction(t.execute),
+            }
+            for t in b.types.values()
+        ]
+        pkgs = {p: v for p in (b.framework, *b.packages) if p and (v := _version(p))}
+        pkgs.update({p: v for p in ("grpcio", "protobuf") if (v := _version(p))})
+        return {
+            "bridge": b.name,
+            "framework": b.framework,
+            "framework_version": b.framework_version(),
+            "commands": commands,
+            "resource_types": types,
+            "packages": pkgs,
+            "runtime_version": runtimes.__version__,
+            "python_version": sys.version.split()[0],
+            "required_secrets": list(b.required_secrets),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "bridge": self.bridge.name,
+            "calls": self.calls,
+            "errors": self.errors,
+            "in_flight": len(self.running),
+            "stuck_handlers": self.stuck,
+            "resources": len(self.resources),
+            "rss_bytes": common.rss_bytes(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "tenant": self.bridge.tenant,
+            "bridge_stats": self.bridge.stats(),
+        }
+
+    def configure(self, tenant: str, secrets: dict[str, str]) -> None:
+        if self.configured and tenant != self.bridge.tenant:
+            raise ConfigError("this worker is already claimed by another tenant")
+        self.bridge.configure(tenant, secrets)
+        self.configured = True
+
+    def cancel(self, call_id: str) -> bool:
+        run = self.running.get(call_id)
+        if run is None:
+            return False
+        run.ctx.cancel()
+        run.stop.set()
+        return True
+
+    # -- running --------------------------------------------------------------
+    def make_context(self, *, call_id: str, command: str, emit: Callable[[str, Any], None] | None = None,
+                     **fields: Any) -> CallContext:
+        return CallContext(call_id=call_id, command=command, emit=emit, secrets=self.bridge.secrets, **fields)
+
+    async def run(self, ctx: CallContext, args_json: bytes) -> Outcome:
+        """Run one call to completion (unary, or the body of a stream)."""
+        self.calls += 1
+        out = Outcome()
+        run = Running(ctx, asyncio.Event())
+        if ctx.call_id:
+            self.running[ctx.call_id] = run
+        try:
+            spec, owner = self.resolve(ctx.command)
+            args = parse_object(args_json, f"args of {ctx.command}")
+            check_schema(args, spec.schema, ctx.command)
+            value = await self._invoke(spec, owner, ctx, args, run)
+            out.result = encode(value, self.max_message_bytes - 4096, f"result of {ctx.command}")
+        except BaseException as exc:  # noqa: BLE001 - everything becomes a typed error
+            if isinstance(exc, asyncio.CancelledError):
+                exc = Cancelled(f"call {ctx.call_id} was cancelled")
+            self.errors += 1
+            out.error = self.bridge.to_error(exc)
+            out.handler_stopped = run.done.is_set() or not isinstance(exc, (Cancelled, DeadlineExceeded))
+            if not out.handler_stopped:
+                self.stuck += 1
+        finally:
+            self.running.pop(ctx.call_id, None)
+        out.attachments = ctx.reply_attachments
+        out.metadata = ctx.metadata
+        return out
+
+    async def _invoke(self, spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
+                      run: Running) -> Any:
+        if spec.inline and not spec.streaming and not spec.is_async:
+            try:
+                return spec.func(owner, ctx, args)
+            finally:
+                run.done.set()
+        if spec.is_async:
+            work: asyncio.Future[Any] = asyncio.ensure_future(self._run_async(spec, owner, ctx, args, run))
+        else:
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(self.executor, self._run_sync, spec, owner, ctx, args, run)
+        return await self._await_bounded(work, ctx, run)
+
+    async def _await_bounded(self, work: asyncio.Future[Any], ctx: CallContext, run: Running) -> Any:
+        stopper = asyncio.ensure_future(run.stop.wait())
+        timeout = ctx.remaining()
+        try:
+            done, _ = await asyncio.wait(
+                {work, stopper}, timeout=None if timeout is None else max(timeout, 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            ctx.cancel()
+            work.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if work in done:
+            return work.result()
+        # Cancelled or past the deadline: ask the handler to stop, give it a grace.
+        ctx.cancel()
+        work.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(work), STOP_GRACE_S)
+        if run.stop.is_set():
+            raise Cancelled(f"call {ctx.call_id} was cancelled")
+        raise DeadlineExceeded(f"call {ctx.call_id} ran past its deadline")
+
+    def _run_sync(self, spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
+                  run: Running) -> Any:
+        try:
+            value = spec.func(owner, ctx, args)
+            if inspect.isgenerator(value):
+                return _drain(value, ctx)
+            return value
+        finally:
+            run.done.set()
+
+    async def _run_async(self, spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
+                         run: Running) -> Any:
+        try:
+            value = spec.func(owner, ctx, args)
+            if inspect.isasyncgen(value):
+                chunks: list[Any] = []
+                async for chunk in value:
+                    ctx.check()
+                    (ctx.emit if ctx.streaming else chunks.append)(chunk)
+                return None if ctx.streaming else {"chunks": chunks}
+            value = await value
+            if inspect.isgenerator(value):  # an async hook that returned a sync generator
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.executor, _drain, value, ctx)
+            return value
+        finally:
+            run.done.set()
+
+    async def stream(self, ctx_fields: dict[str, Any], args_json: bytes) -> AsyncIterator[tuple[str, Any]]:
+        """Run a call, yielding ("chunk", value), ("progress", (s, t, m)), then ("final", Outcome)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        window = threading.BoundedSemaphore(STREAM_WINDOW)
+        loop_thread = threading.get_ident()
+
+        def emit(kind: str, payload: Any) -> None:
+            if threading.get_ident() == loop_thread:
+                queue.put_nowait((kind, payload))
+                return
+            while not window.acquire(timeout=0.05):  # backpressure for thread handlers
+                ctx.check()
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, payload, window))  # type: ignore[arg-type]
+
+        ctx = self.make_context(emit=emit, **ctx_fields)
+        task = asyncio.ensure_future(self.run(ctx, args_json))
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield _release(getter.result())
+            while not queue.empty():
+                yield _release(queue.get_nowait())
+            yield ("final", task.result())
+        finally:
+            if not task.done():  # the client went away: stop the handler
+                ctx.cancel()
+                task.cancel()
+
+
+def _release(item: tuple[Any, ...]) -> tuple[str, Any]:
+    if len(item) == 3:
+        item[2].release()
+    return item[0], item[1]
+
+
+def _drain(gen: Any, ctx: CallContext) -> Any:
+    """Run a sync generator handler: stream its chunks or collect them."""
+    chunks: list[Any] = []
+    try:
+        while True:
+            chunk = next(gen)
+            ctx.check()
+            if ctx.streaming:
+                ctx.emit(chunk)
+            else:
+                chunks.append(chunk)
+    except StopIteration as stop:
+        if stop.value is not None:
+            return stop.value
+    finally:
+        gen.close()
+    return None if ctx.streaming else {"chunks": chunks}
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return ""

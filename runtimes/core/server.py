@@ -1,0 +1,161 @@
+"""The gRPC face of a runtime: ``mlbridge.runtime.v1.Runtime`` plus health.
+
+Thin by design: messages are converted and handed to :class:`Dispatcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import uuid
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from runtimes.proto import runtime_pb2 as pb
+from runtimes.proto import runtime_pb2_grpc as pb_grpc
+
+from .bridge import Bridge
+from .dispatch import Dispatcher, Outcome
+from .errors import MLBridgeError, public_details
+from .loader import load_bridge_class
+
+log = logging.getLogger("mlbridge.runtime")
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _error(err: MLBridgeError, handler_stopped: bool = True) -> pb.Error:
+    details = public_details(err)
+    if not handler_stopped:
+        details["handler_stopped"] = False
+    return pb.Error(code=err.code, message=err.flat(), details_json=json.dumps(details).encode() if details else b"")
+
+
+def _reply(call_id: str, out: Outcome) -> pb.CallReply:
+    if out.error is not None:
+        return pb.CallReply(call_id=call_id, ok=False, error=_error(out.error, out.handler_stopped),
+                            metadata=out.metadata)
+    return pb.CallReply(call_id=call_id, ok=True, result_json=out.result, attachments=out.attachments,
+                        metadata=out.metadata)
+
+
+def _ctx_fields(req: pb.CallRequest) -> dict[str, Any]:
+    return {
+        "call_id": req.call_id or uuid.uuid4().hex,
+        "command": req.command,
+        "tenant": req.tenant,
+        "resource_id": req.resource_id,
+        "resource_type": req.resource_type,
+        "attachments": dict(req.attachments),
+        "deadline_unix_ms": req.deadline_unix_ms,
+    }
+
+
+class RuntimeServicer(pb_grpc.RuntimeServicer):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.d = dispatcher
+
+    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.DescribeReply:
+        info = self.d.describe()
+        return pb.DescribeReply(
+            bridge=info["bridge"],
+            framework=info["framework"],
+            framework_version=info["framework_version"],
+            commands=[
+                pb.CommandInfo(name=c["name"], description=c["description"],
+                               args_schema_json=json.dumps(c["schema"]).encode(), streaming=c["streaming"])
+                for c in info["commands"]
+            ],
+            resource_types=[
+                pb.ResourceTypeInfo(name=t["name"], description=t["description"],
+                                    config_schema_json=json.dumps(t["schema"]).encode(), streaming=t["streaming"])
+                for t in info["resource_types"]
+            ],
+            packages=info["packages"],
+            runtime_version=info["runtime_version"],
+            python_version=info["python_version"],
+            required_secrets=info["required_secrets"],
+        )
+
+    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
+        fields = _ctx_fields(request)
+        ctx = self.d.make_context(**fields)
+        return _reply(fields["call_id"], await self.d.run(ctx, request.args_json))
+
+    async def CallStream(self, request: pb.CallRequest, context: grpc.aio.ServicerContext):  # type: ignore[override]
+        fields = _ctx_fields(request)
+        cid = fields["call_id"]
+        async for kind, payload in self.d.stream(fields, request.args_json):
+            if kind == "chunk":
+                try:
+                    from .jsonio import encode
+
+                    data = encode(payload, self.d.max_message_bytes - 4096, f"chunk of {request.command}")
+                except MLBridgeError as err:
+                    self.d.cancel(cid)
+                    yield pb.StreamEvent(call_id=cid, final=_reply(cid, Outcome(error=err)))
+                    return
+                yield pb.StreamEvent(call_id=cid, chunk=pb.Chunk(data_json=data))
+            elif kind == "progress":
+                step, total, message = payload
+                yield pb.StreamEvent(call_id=cid, progress=pb.Progress(step=step, total=total, message=message[:4096]))
+            else:
+                yield pb.StreamEvent(call_id=cid, final=_reply(cid, payload))
+
+    async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
+        return pb.CancelReply(found=self.d.cancel(request.call_id))
+
+    async def Configure(self, request: pb.ConfigureRequest, context: grpc.aio.ServicerContext) -> pb.ConfigureReply:
+        try:
+            self.d.configure(request.tenant, dict(request.secrets))
+        except MLBridgeError as err:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, err.message)
+        return pb.ConfigureReply()
+
+
+def message_options(max_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+    ]
+
+
+async def serve(bridge_spec: str | type[Bridge], address: str, *, max_message_bytes: int | None = None,
+                threads: int | None = None, ready: asyncio.Event | None = None) -> None:
+    """Load a bridge and serve it on ``address`` (``unix:///path`` or ``host:port``) until SIGTERM."""
+    max_bytes = max_message_bytes or int(os.environ.get("MLBRIDGE_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES))
+    cls = load_bridge_class(bridge_spec) if isinstance(bridge_spec, str) else bridge_spec
+    bridge = cls()
+    bridge.setup()
+    dispatcher = Dispatcher(bridge, max_message_bytes=max_bytes,
+                            threads=threads or int(os.environ.get("MLBRIDGE_RUNTIME_THREADS", "8")))
+    server = grpc.aio.server(options=message_options(max_bytes))
+    pb_grpc.add_RuntimeServicer_to_server(RuntimeServicer(dispatcher), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(address) == 0 and not address.startswith("unix"):
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(bridge.name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("runtime for bridge %r serving on %s", bridge.name, address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=2.0)
+        dispatcher.executor.shutdown(wait=False, cancel_futures=True)

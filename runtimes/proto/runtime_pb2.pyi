@@ -1,0 +1,190 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CommandInfo(_message.Message):
+    __slots__ = ("name", "description", "args_schema_json", "streaming")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ARGS_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    args_schema_json: bytes
+    streaming: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[bytes] = ..., streaming: _Optional[bool] = ...) -> None: ...
+
+class ResourceTypeInfo(_message.Message):
+    __slots__ = ("name", "description", "config_schema_json", "streaming")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    config_schema_json: bytes
+    streaming: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[bytes] = ..., streaming: _Optional[bool] = ...) -> None: ...
+
+class DescribeReply(_message.Message):
+    __slots__ = ("bridge", "framework", "framework_version", "commands", "resource_types", "packages", "runtime_version", "python_version", "required_secrets")
+    class PackagesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPES_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    framework: str
+    framework_version: str
+    commands: _containers.RepeatedCompositeFieldContainer[CommandInfo]
+    resource_types: _containers.RepeatedCompositeFieldContainer[ResourceTypeInfo]
+    packages: _containers.ScalarMap[str, str]
+    runtime_version: str
+    python_version: str
+    required_secrets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bridge: _Optional[str] = ..., framework: _Optional[str] = ..., framework_version: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[CommandInfo, _Mapping]]] = ..., resource_types: _Optional[_Iterable[_Union[ResourceTypeInfo, _Mapping]]] = ..., packages: _Optional[_Mapping[str, str]] = ..., runtime_version: _Optional[str] = ..., python_version: _Optional[str] = ..., required_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CallRequest(_message.Message):
+    __slots__ = ("call_id", "command", "args_json", "attachments", "resource_id", "resource_type", "deadline_unix_ms", "tenant")
+    class AttachmentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    command: str
+    args_json: bytes
+    attachments: _containers.ScalarMap[str, bytes]
+    resource_id: str
+    resource_type: str
+    deadline_unix_ms: int
+    tenant: str
+    def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "details_json")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    details_json: bytes
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details_json: _Optional[bytes] = ...) -> None: ...
+
+class CallReply(_message.Message):
+    __slots__ = ("call_id", "ok", "result_json", "attachments", "error", "metadata")
+    class AttachmentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    ok: bool
+    result_json: bytes
+    attachments: _containers.ScalarMap[str, bytes]
+    error: Error
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, call_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("data_json",)
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    data_json: bytes
+    def __init__(self, data_json: _Optional[bytes] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("step", "total", "message")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total: int
+    message: str
+    def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StreamEvent(_message.Message):
+    __slots__ = ("call_id", "chunk", "progress", "final")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    chunk: Chunk
+    progress: Progress
+    final: CallReply
+    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class CancelReply(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class ConfigureRequest(_message.Message):
+    __slots__ = ("tenant", "secrets")
+    class SecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    secrets: _containers.ScalarMap[str, str]
+    def __init__(self, tenant: _Optional[str] = ..., secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ConfigureReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
