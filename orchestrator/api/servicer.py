@@ -1,0 +1,149 @@
+"""``mlbridge.v1.MLBridge`` servicer: authenticate, convert, delegate, map errors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from orchestrator.errors import grpc_code, to_rpc_status
+from orchestrator.proto import mlbridge_pb2 as pb
+from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
+from orchestrator.service import Caller, Orchestrator, new_call_id
+from runtimes.core.errors import InternalError, MLBridgeError
+
+from . import convert
+
+log = logging.getLogger("mlbridge.api")
+
+Authenticator = Callable[[str | None, str], Caller]
+
+
+def anonymous(token: str | None, source: str) -> Caller:
+    return Caller(source=source)
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: MLBridgeError) -> None:
+    status = to_rpc_status(err)
+    await context.abort(grpc_code(err), err.flat(),
+                        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+
+
+def _internal(exc: BaseException) -> MLBridgeError:
+    ref = uuid.uuid4().hex[:12]
+    log.exception("internal error %s", ref, exc_info=exc)
+    return InternalError(f"internal error (reference {ref}); see the orchestrator log")
+
+
+def unary(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Map MLBridgeError to its gRPC status; anything unknown becomes INTERNAL."""
+
+    @functools.wraps(func)
+    async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            caller = self.authenticate(context)
+            return await func(self, request, context, caller)
+        except MLBridgeError as err:
+            await _abort(context, err)
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, _internal(exc))
+
+    return wrapper
+
+
+def streaming(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            caller = self.authenticate(context)
+            async for item in func(self, request, context, caller):
+                yield item
+        except MLBridgeError as err:
+            await _abort(context, err)
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, _internal(exc))
+
+    return wrapper
+
+
+class MLBridgeServicer(pb_grpc.MLBridgeServicer):
+    def __init__(self, orch: Orchestrator, authenticator: Authenticator = anonymous) -> None:
+        self.orch = orch
+        self.authenticator = authenticator
+
+    def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+        return self.authenticator(_bearer(context), context.peer() or "")
+
+    @unary
+    async def ListBridges(self, request: pb.ListBridgesRequest, context: Any, caller: Caller) -> pb.ListBridgesReply:
+        return convert.bridges(self.orch.list_bridges(caller), self.orch.config.default_bridge)
+
+    @unary
+    async def DescribeBridge(self, request: pb.DescribeBridgeRequest, context: Any, caller: Caller) -> pb.DescribeBridgeReply:
+        return convert.describe(await self.orch.describe(caller, request.bridge))
+
+    @unary
+    async def CreateResource(self, request: pb.CreateResourceRequest, context: Any, caller: Caller) -> pb.CreateResourceReply:
+        rid, info = await self.orch.create_resource(
+            caller, request.bridge, request.type, request.config_json, dict(request.attachments),
+            request.resource_id, request.call_id, convert.timeout_s(request.timeout_ms, context.time_remaining()))
+        return pb.CreateResourceReply(resource_id=rid, info_json=info)
+
+    @unary
+    async def ExecuteResource(self, request: pb.ExecuteResourceRequest, context: Any, caller: Caller) -> pb.CallReply:
+        reply = await self.orch.execute_resource(
+            caller, request.resource_id, request.inputs_json, dict(request.attachments), request.call_id,
+            convert.timeout_s(request.timeout_ms, context.time_remaining()))
+        return convert.call_reply(reply)
+
+    @streaming
+    async def ExecuteResourceStream(self, request: pb.ExecuteResourceRequest, context: Any, caller: Caller):
+        call_id = request.call_id or new_call_id()
+        async for kind, payload in self.orch.execute_resource_stream(
+                caller, request.resource_id, request.inputs_json, dict(request.attachments), call_id,
+                convert.timeout_s(request.timeout_ms, context.time_remaining())):
+            yield convert.stream_event(call_id, kind, payload)
+
+    @unary
+    async def ListResources(self, request: pb.ListResourcesRequest, context: Any, caller: Caller) -> pb.ListResourcesReply:
+        recs = self.orch.list_resources(caller, request.bridge, request.type)
+        return pb.ListResourcesReply(resources=[convert.resource(r) for r in recs])
+
+    @unary
+    async def DeleteResource(self, request: pb.DeleteResourceRequest, context: Any, caller: Caller) -> pb.DeleteResourceReply:
+        return pb.DeleteResourceReply(deleted=await self.orch.delete_resource(caller, request.resource_id))
+
+    @unary
+    async def Call(self, request: pb.CallRequest, context: Any, caller: Caller) -> pb.CallReply:
+        reply = await self.orch.call(
+            caller, request.bridge, request.command, request.args_json, dict(request.attachments),
+            request.call_id, convert.timeout_s(request.timeout_ms, context.time_remaining()))
+        return convert.call_reply(reply)
+
+    @streaming
+    async def CallStream(self, request: pb.CallRequest, context: Any, caller: Caller):
+        call_id = request.call_id or new_call_id()
+        async for kind, payload in self.orch.call_stream(
+                caller, request.bridge, request.command, request.args_json, dict(request.attachments), call_id,
+                convert.timeout_s(request.timeout_ms, context.time_remaining())):
+            yield convert.stream_event(call_id, kind, payload)
+
+    @unary
+    async def Cancel(self, request: pb.CancelRequest, context: Any, caller: Caller) -> pb.CancelReply:
+        return pb.CancelReply(found=await self.orch.cancel(caller, request.call_id))
+
+    @unary
+    async def GetStats(self, request: pb.GetStatsRequest, context: Any, caller: Caller) -> pb.GetStatsReply:
+        return convert.stats(self.orch.stats(caller))

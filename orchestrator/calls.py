@@ -1,0 +1,209 @@
+"""Running one call on one worker: deadlines, cancellation, failure mapping.
+
+Everything that can go wrong between the orchestrator and a runtime is turned
+into one specific error here: the runtime's own typed error, a deadline, a
+cancellation, a reply over the size cap, or a dead worker (with the reason:
+out of memory and the limit, a signal, an exit code). A worker that ignored a
+cancel or a deadline, or died, is retired and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from runtimes.core.errors import (
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
+    MLBridgeError,
+    OutOfMemory,
+    PayloadTooLarge,
+    WorkerDied,
+    error_from_wire,
+)
+from runtimes.proto import runtime_pb2 as rpb
+
+from .pool import Pool
+from .worker import Worker
+
+
+@dataclass
+class Reply:
+    call_id: str
+    result: bytes
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    worker_id: str = ""
+
+
+@dataclass
+class InFlight:
+    call_id: str
+    tenant: str
+    worker: Worker
+    pool: Pool
+    started: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    killed_for: str = ""  # "cancel" or "deadline" when we killed the worker
+
+
+class CallRunner:
+    """Tracks in-flight calls and runs them on workers."""
+
+    def __init__(self) -> None:
+        self.inflight: dict[str, InFlight] = {}
+        self._watchdogs: set[asyncio.Task[None]] = set()
+
+    def _begin(self, req: rpb.CallRequest, tenant: str, pool: Pool, worker: Worker, timeout: float) -> InFlight:
+        if req.call_id in self.inflight:
+            raise AlreadyExists(f"call id {req.call_id!r} is already in flight")
+        req.tenant = tenant
+        req.deadline_unix_ms = int((time.time() + timeout) * 1000)
+        fl = InFlight(req.call_id, tenant, worker, pool)
+        self.inflight[req.call_id] = fl
+        worker.in_flight += 1
+        worker.calls += 1
+        return fl
+
+    def _end(self, fl: InFlight) -> None:
+        if self.inflight.get(fl.call_id) is fl:
+            del self.inflight[fl.call_id]
+        fl.worker.in_flight -= 1
+
+    async def unary(self, tenant: str, pool: Pool, worker: Worker, req: rpb.CallRequest, timeout: float) -> Reply:
+        fl = self._begin(req, tenant, pool, worker, timeout)
+        try:
+            assert worker.stub is not None
+            reply = await worker.stub.Call(req, timeout=timeout + pool.cfg.cancel_grace_s)
+        except grpc.aio.AioRpcError as exc:
+            raise await self._rpc_failure(fl, exc, timeout) from None
+        finally:
+            self._end(fl)
+        if not reply.ok:
+            raise await self._runtime_error(fl, reply.error)
+        return Reply(req.call_id, reply.result_json, dict(reply.attachments), dict(reply.metadata), worker.id)
+
+    async def stream(self, tenant: str, pool: Pool, worker: Worker, req: rpb.CallRequest,
+                     timeout: float) -> AsyncIterator[tuple[str, Any]]:
+        """Yield ("chunk", bytes), ("progress", (step, total, msg)), then ("final", Reply)."""
+        fl = self._begin(req, tenant, pool, worker, timeout)
+        assert worker.stub is not None
+        call = worker.stub.CallStream(req, timeout=timeout + pool.cfg.cancel_grace_s)
+        finished = False
+        try:
+            async for ev in call:
+                kind = ev.WhichOneof("event")
+                if kind == "chunk":
+                    yield "chunk", ev.chunk.data_json
+                elif kind == "progress":
+                    yield "progress", (ev.progress.step, ev.progress.total, ev.progress.message)
+                elif kind == "final":
+                    finished = True
+                    if not ev.final.ok:
+                        raise await self._runtime_error(fl, ev.final.error)
+                    f = ev.final
+                    yield "final", Reply(req.call_id, f.result_json, dict(f.attachments), dict(f.metadata), worker.id)
+                    return
+            finished = True
+            raise await self._dead_or_unavailable(fl, "the runtime ended the stream without a result")
+        except grpc.aio.AioRpcError as exc:
+            finished = True
+            raise await self._rpc_failure(fl, exc, timeout) from None
+        finally:
+            if not finished:  # the client went away mid-stream
+                call.cancel()
+            self._end(fl)
+
+    # -- cancellation -----------------------------------------------------------
+    async def cancel(self, tenant: str, call_id: str) -> bool:
+        """Cancel a call of ``tenant``; other tenants' calls look absent."""
+        fl = self.inflight.get(call_id)
+        if fl is None or fl.tenant != tenant:
+            return False
+        fl.cancelled = True
+        if fl.worker.stub is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await fl.worker.stub.Cancel(rpb.CancelRequest(call_id=call_id), timeout=2)
+        self._watch(fl, fl.pool.cfg.cancel_grace_s, "cancel")
+        return True
+
+    def _watch(self, fl: InFlight, after: float, why: str) -> None:
+        async def watchdog() -> None:
+            await asyncio.sleep(after)
+            if self.inflight.get(fl.call_id) is fl:
+                fl.killed_for = why
+                await fl.pool.retire(fl.worker, f"call {fl.call_id} did not stop after {why}")
+
+        task = asyncio.get_running_loop().create_task(watchdog())
+        self._watchdogs.add(task)
+        task.add_done_callback(self._watchdogs.discard)
+
+    async def close(self) -> None:
+        for t in list(self._watchdogs):
+            t.cancel()
+
+    # -- failure mapping ----------------------------------------------------------
+    async def _runtime_error(self, fl: InFlight, err: rpb.Error) -> MLBridgeError:
+        exc = error_from_wire(err.code, err.message, err.details_json)
+        fl.worker.errors += 1
+        if exc.details.pop("handler_stopped", True) is False:
+            # The handler ignored cancellation or its deadline: never trust this worker again.
+            await fl.pool.retire(fl.worker, f"handler of call {fl.call_id} did not stop")
+            exc.details["worker_replaced"] = True
+        return exc
+
+    async def _rpc_failure(self, fl: InFlight, exc: grpc.aio.AioRpcError, timeout: float) -> MLBridgeError:
+        fl.worker.errors += 1
+        code = exc.code()
+        if fl.killed_for == "cancel" or (fl.cancelled and code == grpc.StatusCode.CANCELLED):
+            return Cancelled(f"call {fl.call_id} was cancelled; its worker did not stop and was replaced",
+                             details={"worker_replaced": True})
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            await fl.pool.retire(fl.worker, f"call {fl.call_id} ran past its deadline and did not stop")
+            return DeadlineExceeded(
+                f"call {fl.call_id} exceeded its deadline of {timeout:.3g}s; worker {fl.worker.id} "
+                f"did not stop and was killed and replaced", details={"worker_replaced": True})
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return PayloadTooLarge(f"the reply of call {fl.call_id} is over the message size cap: {exc.details()}")
+        return await self._dead_or_unavailable(fl, f"{code.name}: {exc.details()}")
+
+    async def _dead_or_unavailable(self, fl: InFlight, what: str) -> MLBridgeError:
+        backend = fl.pool.backend
+        info = None
+        for _ in range(40):  # the backend may take a moment to see the exit
+            info = await backend.exit_info(fl.worker.handle)
+            if info is not None:
+                break
+            await asyncio.sleep(0.05)
+        if info is None:
+            await fl.pool.retire(fl.worker, f"stopped answering: {what}")
+            return WorkerDied(f"worker {fl.worker.id} stopped answering during call {fl.call_id} "
+                              f"({what}); it was killed and is being replaced")
+        if info.memory_limit is None:
+            info.memory_limit = fl.pool.cfg.limits.memory_bytes if fl.pool.backend.name == "docker" else None
+        await fl.pool.retire(fl.worker, info.describe())
+        cls = OutOfMemory if info.oom_killed else WorkerDied
+        return cls(f"worker {fl.worker.id} of bridge {fl.pool.name!r} {info.describe()} during call "
+                   f"{fl.call_id}; it is being replaced",
+                   details={"exit_code": info.exit_code, "oom_killed": info.oom_killed,
+                            "memory_limit": info.memory_limit})
+
+
+def created_resources(reply: Reply) -> list[dict[str, Any]]:
+    """Resources a handler created as a side effect (metadata ``mlbridge-created-resources``)."""
+    raw = reply.metadata.get("mlbridge-created-resources")
+    if not raw:
+        return []
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        return []
+    return [i for i in items if isinstance(i, dict) and isinstance(i.get("resource_id"), str)]

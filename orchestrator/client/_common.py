@@ -1,0 +1,123 @@
+"""What the sync and async clients share: requests, decoding, errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from orchestrator.errors import from_grpc_error
+from orchestrator.proto import mlbridge_pb2 as pb
+from runtimes.core.errors import InvalidArgument, MLBridgeError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class CallResult:
+    """A reply with everything it carries."""
+
+    call_id: str
+    result: Any
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Event:
+    """One event of a stream: ``kind`` is "chunk", "progress" or "result"."""
+
+    kind: str
+    call_id: str
+    data: Any = None
+    step: int = 0
+    total: int = 0
+    message: str = ""
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def target(address: str) -> str:
+    return address
+
+
+def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
+    return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+
+
+def metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def dumps(value: Any, what: str) -> bytes:
+    if value is None:
+        return b""
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a dict, got {type(value).__name__}")
+    try:
+        return json.dumps(value, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def loads(data: bytes) -> Any:
+    return json.loads(data) if data else None
+
+
+def call_id(given: str | None) -> str:
+    return given or uuid.uuid4().hex
+
+
+def timeout_ms(timeout: float | None) -> int:
+    return int(timeout * 1000) if timeout else 0
+
+
+def result(reply: pb.CallReply) -> CallResult:
+    return CallResult(reply.call_id, loads(reply.result_json), dict(reply.attachments), dict(reply.metadata))
+
+
+def event(ev: pb.StreamEvent) -> Event:
+    kind = ev.WhichOneof("event")
+    if kind == "chunk":
+        return Event("chunk", ev.call_id, loads(ev.chunk.data_json))
+    if kind == "progress":
+        p = ev.progress
+        return Event("progress", ev.call_id, None, p.step, p.total, p.message)
+    f = ev.final
+    return Event("result", ev.call_id, loads(f.result_json), attachments=dict(f.attachments),
+                 metadata=dict(f.metadata))
+
+
+def resource_dict(r: pb.Resource) -> dict[str, Any]:
+    return {"resource_id": r.resource_id, "bridge": r.bridge, "type": r.type,
+            "created_unix_ms": r.created_unix_ms, "info": loads(r.info_json) or {}}
+
+
+def describe_dict(d: pb.DescribeBridgeReply) -> dict[str, Any]:
+    return {
+        "bridge": d.bridge, "framework": d.framework, "framework_version": d.framework_version,
+        "commands": [{"name": c.name, "description": c.description, "schema": loads(c.args_schema_json) or {},
+                      "streaming": c.streaming} for c in d.commands],
+        "resource_types": [{"name": t.name, "description": t.description,
+                            "schema": loads(t.config_schema_json) or {}, "streaming": t.streaming}
+                           for t in d.resource_types],
+        "packages": dict(d.packages), "runtime_version": d.runtime_version, "python_version": d.python_version,
+    }
+
+
+def bridge_dicts(reply: pb.ListBridgesReply) -> list[dict[str, Any]]:
+    return [{"name": b.name, "framework": b.framework, "image": b.image, "pool_size": b.pool_size,
+             "workers_ready": b.workers_ready, "is_default": b.is_default, "backend": b.backend}
+            for b in reply.bridges]
+
+
+def stats_dict(reply: pb.GetStatsReply) -> dict[str, Any]:
+    return loads(reply.stats_json) or {}
+
+
+def translate(exc: grpc.RpcError) -> MLBridgeError:
+    return from_grpc_error(exc)

@@ -1,0 +1,62 @@
+"""Framework adapters: a bridge's own operations as Python methods.
+
+``mb.get_adapter("mock").echo(x=1)`` calls ``mock:echo``. A framework can
+register a richer adapter class under the ``mlbridge.adapters`` entry point
+group (keyed by bridge name); otherwise a generic adapter is built from the
+bridge's ``describe`` output.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from runtimes.core.errors import UnknownCommand
+
+if TYPE_CHECKING:
+    from .sync import MLBridge
+
+ADAPTER_GROUP = "mlbridge.adapters"
+
+
+class Adapter:
+    """Generic adapter: every ``<bridge>:<op>`` command is a method ``op(**args)``."""
+
+    def __init__(self, client: MLBridge, bridge: str, description: dict[str, Any]) -> None:
+        self.client = client
+        self.bridge = bridge
+        self.description = description
+        prefix = f"{description.get('bridge', bridge)}:"
+        self.operations = sorted(c["name"][len(prefix):] for c in description.get("commands", [])
+                                 if c["name"].startswith(prefix))
+        self.resource_types = [t["name"] for t in description.get("resource_types", [])]
+
+    def __getattr__(self, op: str) -> Any:
+        if op.startswith("_") or op not in self.__dict__.get("operations", ()):
+            raise AttributeError(f"bridge {self.bridge!r} has no operation {op!r}; "
+                                 f"operations: {', '.join(self.__dict__.get('operations', ()))}")
+        ns = self.description.get("bridge", self.bridge)
+
+        def method(**args: Any) -> Any:
+            return self.client.call(self.bridge, f"{ns}:{op}", args)
+
+        method.__name__ = op
+        return method
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self.operations))
+
+    def create(self, type: str, config: dict[str, Any] | None = None, **kw: Any) -> str:
+        """Create a resource of one of this bridge's types."""
+        if type not in self.resource_types:
+            raise UnknownCommand(f"bridge {self.bridge!r} has no resource type {type!r}; "
+                                 f"types: {', '.join(self.resource_types)}")
+        return self.client.create_resource(self.bridge, type, config, **kw)
+
+
+def adapter_for(client: MLBridge, bridge: str, description: dict[str, Any]) -> Adapter:
+    for ep in metadata.entry_points(group=ADAPTER_GROUP):
+        if ep.name == bridge:
+            cls = ep.load()
+            return cls(client, bridge, description)
+    return Adapter(client, bridge, description)

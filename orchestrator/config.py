@@ -1,0 +1,212 @@
+"""Orchestrator configuration: pydantic models, YAML, ``MLBRIDGE_*`` overrides.
+
+Shape (see ``default_config.yaml``)::
+
+    default_bridge: mock
+    backend: process
+    bridges:
+      mock:
+        runtime: mock            # entry point name or "package.module:Class"
+        pool_size: 2
+        required_env: []
+        required_packages: []
+        limits: {cpus: 1.0, memory: 512m, pids: 256}
+
+Environment overrides: ``MLBRIDGE_<FIELD>`` for top-level fields and
+``MLBRIDGE_BRIDGES__<NAME>__<FIELD>[__<SUBFIELD>]`` for nested ones, e.g.
+``MLBRIDGE_BRIDGES__MOCK__POOL_SIZE=4``. Values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runtimes.core.errors import ConfigError
+
+ENV_PREFIX = "MLBRIDGE_"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_size(value: str | int) -> int:
+    """``"512m"`` -> bytes. Plain integers are bytes."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512m, 2g, 65536)")
+    mult = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+class Limits(BaseModel):
+    """Per-worker cgroup and sandbox limits (docker backend)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float = Field(1.0, gt=0, description="CPU quota in cores")
+    memory: str = Field("512m", description="memory limit; swap is set equal (no swap)")
+    pids: int = Field(256, gt=0, description="max processes/threads in the worker")
+    nofile: int = Field(1024, gt=0, description="open file descriptor limit")
+    tmpfs_size: str = Field("64m", description="size cap of the writable /tmp (noexec)")
+    gpus: list[str] = Field(default_factory=list, description="GPU device ids from the inventory; never 'all'")
+
+    @field_validator("memory", "tmpfs_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        parse_size(v)
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _no_all(cls, v: list[str]) -> list[str]:
+        if any(g.strip().lower() == "all" for g in v):
+            raise ValueError("GPUs are given by device id; 'all' is not allowed")
+        return v
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+
+class BridgeConfig(BaseModel):
+    """One bridge: where its runtime comes from and how its workers run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: str = Field(description="entry point name in mlbridge.bridges, or 'module:Class'")
+    image: str | None = Field(None, description="docker image; default mlbridge/<bridge>:<version>")
+    pool_size: int = Field(1, ge=0, le=64, description="warm workers kept ready")
+    max_workers: int = Field(8, ge=1, le=256, description="upper bound on workers for this bridge")
+    required_env: list[str] = Field(default_factory=list, description="host env vars that must be set")
+    required_packages: list[str] = Field(default_factory=list, description="distributions the runtime needs")
+    env: dict[str, str] = Field(default_factory=dict, description="extra env for the worker (no secrets)")
+    limits: Limits = Field(default_factory=Limits)
+    network: str = Field("none", description="docker network mode; 'none' unless policy allows egress")
+    runtime_class: str = Field("runc", description="OCI runtime: runc or runsc (gVisor)")
+    call_timeout_s: float = Field(300.0, gt=0, description="default per-call deadline")
+    start_timeout_s: float = Field(60.0, gt=0, description="how long a worker may take to become ready")
+    cancel_grace_s: float = Field(3.0, gt=0, description="after cancel/deadline, time before the worker is killed")
+    adapter: str | None = Field(None, description="client adapter import string (module:Class)")
+
+
+class Config(BaseModel):
+    """The whole orchestrator configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_bridge: str = Field("mock", description="bridge used when a call names none")
+    backend: Literal["process", "docker"] = Field("process", description="worker backend")
+    listen: str = Field("127.0.0.1:50051", description="host:port or unix:///path")
+    state_dir: Path = Field(default_factory=lambda: default_state_dir(), description="sqlite, sockets, images.json")
+    max_message_bytes: int = Field(16 * 1024 * 1024, gt=1024, le=512 * 1024 * 1024,
+                                   description="gRPC message cap, both directions, both hops")
+    max_stream_buffer: int = Field(256, gt=0, description="events buffered per stream before backpressure")
+    policy: Path | None = Field(None, description="policy file; none means single-tenant, all allowed")
+    audit_log: Path | None = Field(None, description="append-only audit log (JSON lines)")
+    bridges: dict[str, BridgeConfig] = Field(default_factory=dict)
+
+    def bridge(self, name: str) -> BridgeConfig:
+        return self.bridges[name]
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("MLBRIDGE_STATE_DIR"):
+        return Path(os.environ["MLBRIDGE_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/mlbridge")
+    return Path.home() / ".local" / "state" / "mlbridge"
+
+
+def _default_yaml() -> str:
+    return resources.files("orchestrator").joinpath("default_config.yaml").read_text()
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fields = set(Config.model_fields)
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+        if path[0] not in fields:
+            continue
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
+                **overrides: Any) -> Config:
+    """Load YAML (the shipped default when ``path`` is None), apply env and overrides.
+
+    Raises:
+        ConfigError: unreadable file or invalid values; the message names each field.
+    """
+    env = dict(os.environ if env is None else env)
+    source = str(path) if path else "default config"
+    try:
+        text = Path(path).read_text() if path else _default_yaml()
+        data = yaml.safe_load(text) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {source}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping at top level")
+    data = _merge(_merge(data, _env_overrides(env)), {k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines)) from None
+    if cfg.default_bridge not in cfg.bridges:
+        raise ConfigError(
+            f"config {source}: default_bridge {cfg.default_bridge!r} is not among bridges "
+            f"({', '.join(sorted(cfg.bridges)) or 'none'})"
+        )
+    return cfg
+
+
+def check_environment(cfg: Config, env: dict[str, str] | None = None) -> None:
+    """Startup checks: required env vars and (process backend) packages.
+
+    Raises:
+        ConfigError: naming each missing variable or package and how to fix it.
+    """
+    env = dict(os.environ if env is None else env)
+    problems: list[str] = []
+    for name, b in sorted(cfg.bridges.items()):
+        for var in b.required_env:
+            if not env.get(var):
+                problems.append(
+                    f"bridge {name!r} needs environment variable {var}: export {var}=... "
+                    f"before `mlbridge serve`, or remove it from bridges.{name}.required_env"
+                )
+        if cfg.backend == "process":
+            for pkg in b.required_packages:
+                try:
+                    metadata.version(pkg)
+                except metadata.PackageNotFoundError:
+                    problems.append(
+                        f"bridge {name!r} needs package {pkg!r}, which is not installed: "
+                        f"pip install {pkg} (or use --backend docker with its image)"
+                    )
+    if problems:
+        raise ConfigError("mlbridge cannot start:\n  " + "\n  ".join(problems))

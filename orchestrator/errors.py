@@ -1,0 +1,98 @@
+"""The one table from mlbridge error codes to gRPC status, and back.
+
+Servers turn an :class:`MLBridgeError` into a gRPC status with a
+``google.rpc.ErrorInfo`` detail (reason = mlbridge code, metadata = details)
+so that any gRPC client sees a standard status and rich details; the Python
+client turns that back into the most specific exception class.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from runtimes.core.errors import (
+    InternalError,
+    MLBridgeError,
+    error_class,
+    public_details,
+)
+
+DOMAIN = "mlbridge.dev"
+
+STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "UNKNOWN_COMMAND": grpc.StatusCode.INVALID_ARGUMENT,
+    "INVALID_RESULT": grpc.StatusCode.INTERNAL,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "UNKNOWN_BRIDGE": grpc.StatusCode.NOT_FOUND,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "FRAMEWORK_ERROR": grpc.StatusCode.ABORTED,
+    "PAYLOAD_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "CANCELLED": grpc.StatusCode.CANCELLED,
+    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "WORKER_DIED": grpc.StatusCode.UNAVAILABLE,
+    "OUT_OF_MEMORY": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "IMAGE_MISMATCH": grpc.StatusCode.FAILED_PRECONDITION,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+
+
+def grpc_code(err: MLBridgeError) -> grpc.StatusCode:
+    return STATUS_BY_CODE.get(err.code, grpc.StatusCode.INTERNAL)
+
+
+def to_rpc_status(err: MLBridgeError) -> status_pb2.Status:
+    """A google.rpc.Status carrying the mlbridge code and details as ErrorInfo."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in public_details(err).items()}
+    info = error_details_pb2.ErrorInfo(reason=err.code, domain=DOMAIN, metadata=meta)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return status_pb2.Status(code=grpc_code(err).value[0], message=err.flat(), details=[detail])
+
+
+def from_grpc_error(exc: grpc.RpcError) -> MLBridgeError:
+    """Rebuild the typed error from a failed gRPC call (any server, any code)."""
+    status = None
+    try:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    except (ValueError, AttributeError):
+        status = None
+    code_name = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
+    message = exc.details() if hasattr(exc, "details") else str(exc)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                details: dict[str, Any] = {"_flattened": True}
+                for k, v in info.metadata.items():
+                    try:
+                        details[k] = json.loads(v)
+                    except ValueError:
+                        details[k] = v
+                return error_class(info.reason)(message or "", details=details)
+    # A status from gRPC itself (deadline, unavailable, message too large, ...).
+    fallback = {
+        "DEADLINE_EXCEEDED": "DEADLINE_EXCEEDED",
+        "CANCELLED": "CANCELLED",
+        "UNAVAILABLE": "UNAVAILABLE",
+        "RESOURCE_EXHAUSTED": "PAYLOAD_TOO_LARGE",
+        "UNAUTHENTICATED": "UNAUTHENTICATED",
+        "PERMISSION_DENIED": "PERMISSION_DENIED",
+        "INVALID_ARGUMENT": "INVALID_ARGUMENT",
+        "NOT_FOUND": "NOT_FOUND",
+        "UNIMPLEMENTED": "INVALID_ARGUMENT",
+    }.get(code_name)
+    cls = error_class(fallback) if fallback else InternalError
+    return cls(f"{code_name}: {message}", details={"_flattened": True, "grpc_status": code_name})

@@ -1,0 +1,197 @@
+"""Per-bridge worker pools: warm tenant-neutral spares, claims, replacement.
+
+A pool keeps ``pool_size`` ready spares. The first call of a tenant claims a
+spare: the worker is handed that tenant (and its secrets) by a Configure RPC
+and serves only that tenant for the rest of its life; the pool refills the
+spare in the background. A worker that dies or misbehaves is retired (killed)
+and its place refilled. Released workers are destroyed, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from runtimes.core.errors import MLBridgeError, QuotaExceeded, Unavailable
+
+from .backends.base import Backend, WorkerSpec
+from .config import BridgeConfig
+from .worker import Worker
+
+log = logging.getLogger("mlbridge.pool")
+
+EventHook = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
+SecretsFor = Callable[[str, str], dict[str, str]]
+
+
+class Pool:
+    """Workers of one bridge."""
+
+    def __init__(self, name: str, cfg: BridgeConfig, backend: Backend, *, orchestrator_id: str,
+                 socket_root: Path, max_message_bytes: int, secrets_for: SecretsFor | None = None,
+                 on_event: EventHook | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.backend = backend
+        self.orchestrator_id = orchestrator_id
+        self.socket_root = socket_root
+        self.max_message_bytes = max_message_bytes
+        self.secrets_for = secrets_for or (lambda tenant, bridge: {})
+        self.on_event = on_event
+        self.workers: dict[str, Worker] = {}
+        self._spares: asyncio.Queue[Worker] = asyncio.Queue()
+        self._starting = 0
+        self._refill_tasks: set[asyncio.Task[None]] = set()
+        self._claim_lock = asyncio.Lock()
+        self.closed = False
+        self.last_error: str = ""
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Start ``pool_size`` spares concurrently and wait until they are ready."""
+        results = await asyncio.gather(*(self._start_spare() for _ in range(self.cfg.pool_size)),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors and len(errors) == len(results):
+            raise errors[0]
+
+    async def stop(self) -> None:
+        """Drain: stop taking claims, stop every worker gracefully."""
+        self.closed = True
+        for t in list(self._refill_tasks):
+            t.cancel()
+        await asyncio.gather(*(self._destroy(w, "orchestrator stopping", kill=False) for w in list(self.workers.values())),
+                             return_exceptions=True)
+
+    async def _start_worker(self) -> Worker:
+        if len(self.workers) + self._starting >= self.cfg.max_workers:
+            raise QuotaExceeded(
+                f"bridge {self.name!r} already runs its maximum of {self.cfg.max_workers} workers",
+                details={"quota": "max_workers", "limit": self.cfg.max_workers},
+            )
+        wid = f"{self.name}-{uuid.uuid4().hex[:10]}"
+        spec = WorkerSpec(worker_id=wid, bridge=self.name, config=self.cfg, socket_dir=self.socket_root / wid,
+                          orchestrator_id=self.orchestrator_id, max_message_bytes=self.max_message_bytes)
+        self._starting += 1
+        try:
+            handle = await self.backend.start(spec)
+            worker = Worker(handle, self.max_message_bytes)
+            self.workers[wid] = worker
+            try:
+                await worker.wait_ready(self.backend, self.cfg.start_timeout_s)
+            except BaseException:
+                await self._destroy(worker, "failed to become ready", kill=True)
+                raise
+        except MLBridgeError as exc:
+            self.last_error = str(exc)
+            raise
+        finally:
+            self._starting -= 1
+        await self._emit("worker_start", worker, {"ready_ms": round(worker.ready_after_s * 1000, 1)})
+        return worker
+
+    async def _start_spare(self) -> None:
+        worker = await self._start_worker()
+        self._spares.put_nowait(worker)
+
+    def _refill(self) -> None:
+        if self.closed or self._spares.qsize() + self._starting >= self.cfg.pool_size:
+            return
+
+        async def run() -> None:
+            try:
+                await self._start_spare()
+            except Exception as exc:  # noqa: BLE001 - logged; the next claim starts on demand
+                log.error("bridge %s: could not refill a spare: %s", self.name, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._refill_tasks.add(task)
+        task.add_done_callback(self._refill_tasks.discard)
+
+    # -- claiming --------------------------------------------------------------
+    def claimed(self, tenant: str) -> list[Worker]:
+        return [w for w in self.workers.values() if w.tenant == tenant and w.state == "ready"]
+
+    async def acquire(self, tenant: str, *, max_workers: int | None = None) -> Worker:
+        """A ready worker of ``tenant``: its least-loaded one, or a newly claimed spare.
+
+        A tenant gets another worker when all of its workers are busy and its
+        worker quota allows; otherwise calls share its workers.
+        """
+        if self.closed:
+            raise Unavailable(f"bridge {self.name!r} is shutting down")
+        mine = self.claimed(tenant)
+        best = min(mine, key=lambda w: w.in_flight, default=None)
+        limit = max_workers if max_workers is not None else self.cfg.max_workers
+        if best is not None and (best.in_flight == 0 or len(mine) >= limit or self._spares.empty()):
+            return best
+        async with self._claim_lock:
+            mine = self.claimed(tenant)
+            best = min(mine, key=lambda w: w.in_flight, default=None)
+            if best is not None and (best.in_flight == 0 or len(mine) >= limit):
+                return best
+            return await self._claim(tenant)
+
+    async def _claim(self, tenant: str) -> Worker:
+        worker: Worker | None = None
+        while not self._spares.empty():
+            cand = self._spares.get_nowait()
+            if cand.state == "ready":
+                worker = cand
+                break
+        if worker is None:
+            worker = await self._start_worker()  # cold start on demand
+        self._refill()
+        try:
+            await worker.configure(tenant, self.secrets_for(tenant, self.name))
+        except Exception as exc:
+            await self.retire(worker, f"configure failed: {exc}")
+            raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
+        await self._emit("worker_claim", worker, {"tenant": tenant})
+        return worker
+
+    # -- retiring --------------------------------------------------------------
+    async def retire(self, worker: Worker, reason: str, *, kill: bool = True) -> None:
+        """Take a worker out for good (dead, stuck, or misbehaving) and refill."""
+        if worker.state == "dead" and worker.id not in self.workers:
+            return
+        await self._destroy(worker, reason, kill=kill)
+        self._refill()
+
+    async def release_tenant(self, tenant: str) -> int:
+        """Destroy every worker claimed by ``tenant``; return how many."""
+        mine = [w for w in self.workers.values() if w.tenant == tenant]
+        await asyncio.gather(*(self._destroy(w, "released by tenant", kill=False) for w in mine))
+        self._refill()
+        return len(mine)
+
+    async def _destroy(self, worker: Worker, reason: str, *, kill: bool) -> None:
+        self.workers.pop(worker.id, None)
+        worker.state = "dead"
+        worker.death = worker.death or reason
+        await worker.close()
+        with contextlib.suppress(Exception):
+            await self.backend.stop(worker.handle, kill=kill, timeout=5.0)
+        await self._emit("worker_kill" if kill else "worker_stop", worker, {"reason": reason})
+
+    async def _emit(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            res = self.on_event(event, worker, extra)
+            if asyncio.iscoroutine(res):
+                await res
+
+    # -- facts -----------------------------------------------------------------
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == "ready")
+
+    def any_ready(self) -> Worker | None:
+        for w in self.workers.values():
+            if w.state == "ready":
+                return w
+        return None

@@ -1,0 +1,101 @@
+"""Resource specs in SQLite, so resources outlive the worker that holds them.
+
+Each resource is (tenant, resource_id) -> bridge, type, config. The worker
+currently holding it is kept in memory only: after a worker (or the whole
+orchestrator) dies, the next use re-creates the resource from its spec.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    tenant TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    bridge TEXT NOT NULL,
+    type TEXT NOT NULL,
+    config BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    info BLOB NOT NULL DEFAULT x'',
+    PRIMARY KEY (tenant, resource_id)
+);
+"""
+
+
+@dataclass
+class ResourceRecord:
+    tenant: str
+    resource_id: str
+    bridge: str
+    type: str
+    config: bytes
+    created_ms: int
+    info: bytes = b""
+    worker_id: str = ""  # in memory only
+
+
+class Registry:
+    """Thread-safe store of resource specs; an in-memory mirror serves reads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], ResourceRecord] = {}
+        for row in self._db.execute(
+            "SELECT tenant, resource_id, bridge, type, config, created_ms, info FROM resources"
+        ):
+            rec = ResourceRecord(*row)
+            self._cache[(rec.tenant, rec.resource_id)] = rec
+
+    def add(self, tenant: str, resource_id: str, bridge: str, type_: str, config: bytes,
+            info: bytes = b"", worker_id: str = "") -> ResourceRecord:
+        rec = ResourceRecord(tenant, resource_id, bridge, type_, config, int(time.time() * 1000), info, worker_id)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (tenant, resource_id, bridge, type_, config, rec.created_ms, info),
+            )
+            self._cache[(tenant, resource_id)] = rec
+        return rec
+
+    def get(self, tenant: str, resource_id: str) -> ResourceRecord | None:
+        return self._cache.get((tenant, resource_id))
+
+    def exists(self, tenant: str, resource_id: str) -> bool:
+        return (tenant, resource_id) in self._cache
+
+    def remove(self, tenant: str, resource_id: str) -> bool:
+        with self._lock:
+            self._db.execute("DELETE FROM resources WHERE tenant = ? AND resource_id = ?", (tenant, resource_id))
+            return self._cache.pop((tenant, resource_id), None) is not None
+
+    def list(self, tenant: str, bridge: str = "", type_: str = "") -> list[ResourceRecord]:
+        return sorted(
+            (r for r in self._cache.values()
+             if r.tenant == tenant and (not bridge or r.bridge == bridge) and (not type_ or r.type == type_)),
+            key=lambda r: (r.created_ms, r.resource_id),
+        )
+
+    def count(self, tenant: str) -> int:
+        return sum(1 for r in self._cache.values() if r.tenant == tenant)
+
+    def total(self) -> int:
+        return len(self._cache)
+
+    def on_worker(self, worker_id: str) -> list[ResourceRecord]:
+        return [r for r in self._cache.values() if r.worker_id == worker_id]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,123 @@
+"""One running runtime as the orchestrator sees it: a gRPC channel plus state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtimes.core.errors import Unavailable
+from runtimes.proto import runtime_pb2 as rpb
+from runtimes.proto import runtime_pb2_grpc as rpb_grpc
+
+from .backends.base import Backend, WorkerHandle
+
+
+def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+@dataclass
+class Worker:
+    """A worker of one bridge; tenant-neutral until claimed, then that tenant's for life."""
+
+    handle: WorkerHandle
+    max_message_bytes: int
+    state: str = "starting"  # starting, ready, draining, dead
+    tenant: str = ""
+    calls: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    ready_after_s: float = 0.0
+    channel: grpc.aio.Channel | None = None
+    stub: rpb_grpc.RuntimeStub | None = None
+    death: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.handle.worker_id
+
+    @property
+    def bridge(self) -> str:
+        return self.handle.bridge
+
+    def connect(self) -> None:
+        self.channel = grpc.aio.insecure_channel(self.handle.address, options=channel_options(self.max_message_bytes))
+        self.stub = rpb_grpc.RuntimeStub(self.channel)
+
+    async def wait_ready(self, backend: Backend, timeout: float) -> None:
+        """Wait strategy: poll grpc health over the socket until SERVING.
+
+        Polls every few milliseconds (backing off to 50 ms), gives up at
+        ``timeout`` or as soon as the backend reports the worker exited.
+
+        Raises:
+            Unavailable: the worker exited or did not become ready in time;
+                the message carries the tail of its log.
+        """
+        if self.channel is None:
+            self.connect()
+        assert self.channel is not None
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    self.state = "ready"
+                    self.ready_after_s = time.monotonic() - self.started_at
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            info = await backend.exit_info(self.handle)
+            if info is not None:
+                self.state = "dead"
+                raise Unavailable(
+                    f"worker {self.id} of bridge {self.bridge!r} exited before it was ready: "
+                    f"{info.describe()}\n{backend.log_tail(self.handle)}"
+                )
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"worker {self.id} of bridge {self.bridge!r} was not ready within {timeout:.0f}s\n"
+                    f"{backend.log_tail(self.handle)}"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    async def configure(self, tenant: str, secrets: dict[str, str]) -> None:
+        assert self.stub is not None
+        await self.stub.Configure(rpb.ConfigureRequest(tenant=tenant, secrets=secrets), timeout=10)
+        self.tenant = tenant
+
+    async def describe(self) -> rpb.DescribeReply:
+        assert self.stub is not None
+        return await self.stub.Describe(rpb.DescribeRequest(), timeout=30)
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.id,
+            "bridge": self.bridge,
+            "state": self.state,
+            "tenant": self.tenant,
+            "calls": self.calls,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+            "backend": self.handle.backend,
+            "image_id": self.handle.image_id,
+            "ready_after_ms": round(self.ready_after_s * 1000, 1),
+        }
