@@ -25,10 +25,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .context import CallContext
 from .errors import FrameworkError, InvalidArgument, MLBridgeError, flatten_exception
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
 
 __all__ = ["Bridge", "CommandSpec", "Resource", "command"]
 
@@ -133,6 +136,9 @@ class Bridge:
             raise TypeError(f"{type(self).__name__}.name must be a non-empty namespace without ':'")
         self.tenant = ""
         self.secrets: dict[str, str] = {}
+        # The Dispatcher serving this bridge sets itself here, so a handler can
+        # look up or add resources (its ``resources`` and ``created`` maps).
+        self.store: Dispatcher | None = None
         self._types: dict[str, type[Resource]] = {t.type_name: t for t in self.resource_types}
         self.commands: dict[str, CommandSpec] = {}
         for klass in reversed(type(self).__mro__):

@@ -64,6 +64,7 @@ class Dispatcher:
 
     def __init__(self, bridge: Bridge, *, max_message_bytes: int, threads: int = 8) -> None:
         self.bridge = bridge
+        bridge.store = self
         self.max_message_bytes = max_message_bytes
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mlbridge-call")
         self.resources: dict[str, Resource] = {}

@@ -1,0 +1,75 @@
+"""Run a real orchestrator and public gRPC server on a background event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from orchestrator.api.server import PublicServer
+from orchestrator.config import Config, load_config
+from orchestrator.serve import build_orchestrator
+from orchestrator.service import Orchestrator
+
+CI = os.environ.get("CI", "").lower() == "true"
+
+
+def make_config(tmp: Path, bridges: dict[str, Any] | None = None, **fields: Any) -> Config:
+    """A config over the shipped default, with state in ``tmp`` and a free port."""
+    base = {"state_dir": str(tmp / "state"), "listen": "127.0.0.1:0"}
+    if bridges is not None:
+        base["bridges"] = bridges
+    base.update(fields)
+    return load_config(None, env={}, **base)
+
+
+class ServerThread:
+    """``with ServerThread(cfg) as srv: MLBridge.connect(srv.target)``."""
+
+    def __init__(self, config: Config, orch: Orchestrator | None = None, authenticator: Any = None) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="mlbridge-test-loop")
+        self.orch = orch or build_orchestrator(config)
+        self._auth = authenticator
+        self.server: PublicServer | None = None
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def target(self) -> str:
+        assert self.server is not None
+        return self.server.target
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        try:
+            self.run(self._start())
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
+        await self.orch.start()
+        auth = self._auth or getattr(self.orch, "authenticate", None)
+        self.server = PublicServer(self.orch, self.config.listen, **({"authenticator": auth} if auth else {}))
+        await self.server.start()
+
+    async def _stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        await self.orch.stop()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.thread.is_alive():
+                self.run(self._stop(), timeout=60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()

@@ -1,0 +1,79 @@
+"""The CLI against a real `mlbridge serve` subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    port = _free_port()
+    env = {**os.environ, "MLBRIDGE_STATE_DIR": str(tmp_path_factory.mktemp("cli") / "state"),
+           "MLBRIDGE_BRIDGES__MOCK__POOL_SIZE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--backend", "process",
+                             "--listen", f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "serving" in line or proc.poll() is not None:
+            break
+    assert "serving" in line, line
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    assert proc.wait(30) == 0
+
+
+def mlbridge(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "--address", address, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_call_prints_echo(server: str) -> None:
+    r = mlbridge(server, "call", "mock", "mock:echo", "--args", '{"x": 1}')
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"x": 1}
+
+
+def test_unknown_namespace_lists_namespaces(server: str) -> None:
+    r = mlbridge(server, "call", "mock", "nope:thing")
+    assert r.returncode == 1
+    assert "UNKNOWN_COMMAND" in r.stderr and "namespaces here: common, mock" in r.stderr
+
+
+def test_bad_args_json(server: str) -> None:
+    r = mlbridge(server, "call", "mock", "mock:echo", "--args", "{oops")
+    assert r.returncode == 2 and "--args is not valid JSON" in r.stderr
+
+
+def test_stream_bridges_resources_status(server: str) -> None:
+    r = mlbridge(server, "call", "mock", "mock:stream", "--args", '{"n": 2}', "--stream")
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["kind"] for x in lines] == ["progress", "chunk", "progress", "chunk", "result"]
+    r = mlbridge(server, "bridges")
+    assert r.returncode == 0 and "mock *" in r.stdout
+    r = mlbridge(server, "resources")
+    assert r.returncode == 0 and "RESOURCE" in r.stdout
+    r = mlbridge(server, "status")
+    assert r.returncode == 0
+    assert "BRIDGE" in r.stdout and "WORKER" in r.stdout and "default" in r.stdout
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    r = mlbridge(f"127.0.0.1:{_free_port()}", "call", "mock", "mock:echo")
+    assert r.returncode == 1 and "UNAVAILABLE" in r.stderr

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Config, check_environment, load_config, parse_size
+from runtimes.core.errors import ConfigError
+
+
+def test_default_config_loads() -> None:
+    cfg = load_config(env={})
+    assert cfg.default_bridge == "mock" and cfg.backend == "process"
+    assert cfg.listen == "127.0.0.1:50051"
+    assert cfg.bridges["mock"].pool_size >= 1
+
+
+def test_env_overrides_top_level_and_nested() -> None:
+    cfg = load_config(env={"MLBRIDGE_BACKEND": "docker", "MLBRIDGE_BRIDGES__MOCK__POOL_SIZE": "4",
+                           "MLBRIDGE_BRIDGES__MOCK__LIMITS__MEMORY": "1g", "UNRELATED": "x"})
+    assert cfg.backend == "docker"
+    assert cfg.bridges["mock"].pool_size == 4
+    assert cfg.bridges["mock"].limits.memory_bytes == 1024**3
+
+
+def test_yaml_file_and_misspelt_key(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("default_bridge: mock\nbridges:\n  mock:\n    runtime: mock\n    pool_sise: 3\n")
+    with pytest.raises(ConfigError, match=r"bridges\.mock\.pool_sise: Extra inputs are not permitted"):
+        load_config(f, env={})
+
+
+def test_default_bridge_must_exist(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("default_bridge: dspy\nbridges:\n  mock: {runtime: mock}\n")
+    with pytest.raises(ConfigError, match="default_bridge 'dspy' is not among bridges"):
+        load_config(f, env={})
+
+
+def test_gpus_never_all() -> None:
+    with pytest.raises(ConfigError, match="'all' is not allowed"):
+        load_config(env={}, bridges={"mock": {"runtime": "mock", "limits": {"gpus": ["all"]}}})
+
+
+def test_missing_env_and_package_named_with_fix() -> None:
+    cfg = Config.model_validate({"bridges": {"mock": {"runtime": "mock", "required_env": ["GEMINI_API_KEY"],
+                                                      "required_packages": ["surely-not-installed-pkg"]}}})
+    with pytest.raises(ConfigError) as info:
+        check_environment(cfg, env={})
+    msg = str(info.value)
+    assert "needs environment variable GEMINI_API_KEY: export GEMINI_API_KEY=" in msg
+    assert "pip install surely-not-installed-pkg" in msg
+    check_environment(Config.model_validate({"bridges": {"mock": {"runtime": "mock",
+                                                                  "required_env": ["K"]}}}), env={"K": "v"})
+
+
+def test_parse_size() -> None:
+    assert parse_size("512m") == 512 * 1024**2
+    assert parse_size("64KiB") == 64 * 1024
+    assert parse_size(10) == 10
+    with pytest.raises(ValueError):
+        parse_size("lots")
