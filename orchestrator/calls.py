@@ -32,6 +32,7 @@ from runtimes.core.errors import (
 from runtimes.proto import runtime_pb2 as rpb
 
 from .pool import Pool
+from .session import SessionBroken
 from .worker import Worker
 
 
@@ -81,10 +82,14 @@ class CallRunner:
     async def unary(self, tenant: str, pool: Pool, worker: Worker, req: rpb.CallRequest, timeout: float) -> Reply:
         fl = self._begin(req, tenant, pool, worker, timeout)
         try:
-            assert worker.stub is not None
-            reply = await worker.stub.Call(req, timeout=timeout + pool.cfg.cancel_grace_s)
-        except grpc.aio.AioRpcError as exc:
-            raise await self._rpc_failure(fl, exc, timeout) from None
+            if worker.session is None:
+                raise SessionBroken(grpc.StatusCode.UNAVAILABLE, f"worker {worker.id} is {worker.state}")
+            async with asyncio.timeout(timeout + pool.cfg.cancel_grace_s):
+                reply = await worker.session.request(req)
+        except TimeoutError:
+            raise await self._rpc_failure(fl, grpc.StatusCode.DEADLINE_EXCEEDED, "no reply", timeout) from None
+        except SessionBroken as exc:
+            raise await self._rpc_failure(fl, exc.code, exc.details, timeout) from None
         finally:
             self._end(fl)
         if not reply.ok:
@@ -116,7 +121,7 @@ class CallRunner:
             raise await self._dead_or_unavailable(fl, "the runtime ended the stream without a result")
         except grpc.aio.AioRpcError as exc:
             finished = True
-            raise await self._rpc_failure(fl, exc, timeout) from None
+            raise await self._rpc_failure(fl, exc.code(), exc.details() or "", timeout) from None
         finally:
             if not finished:  # the client went away mid-stream
                 call.cancel()
@@ -160,9 +165,8 @@ class CallRunner:
             exc.details["worker_replaced"] = True
         return exc
 
-    async def _rpc_failure(self, fl: InFlight, exc: grpc.aio.AioRpcError, timeout: float) -> MLBridgeError:
+    async def _rpc_failure(self, fl: InFlight, code: grpc.StatusCode, details: str, timeout: float) -> MLBridgeError:
         fl.worker.errors += 1
-        code = exc.code()
         if fl.killed_for == "cancel" or (fl.cancelled and code == grpc.StatusCode.CANCELLED):
             return Cancelled(f"call {fl.call_id} was cancelled; its worker did not stop and was replaced",
                              details={"worker_replaced": True})
@@ -172,8 +176,10 @@ class CallRunner:
                 f"call {fl.call_id} exceeded its deadline of {timeout:.3g}s; worker {fl.worker.id} "
                 f"did not stop and was killed and replaced", details={"worker_replaced": True})
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return PayloadTooLarge(f"the reply of call {fl.call_id} is over the message size cap: {exc.details()}")
-        return await self._dead_or_unavailable(fl, f"{code.name}: {exc.details()}")
+            # Only a misbehaving runtime sends a reply over the cap (it caps its own replies).
+            await fl.pool.retire(fl.worker, f"sent a message over the size cap: {details}")
+            return PayloadTooLarge(f"the reply of call {fl.call_id} is over the message size cap: {details}")
+        return await self._dead_or_unavailable(fl, f"{code.name}: {details}")
 
     async def _dead_or_unavailable(self, fl: InFlight, what: str) -> MLBridgeError:
         backend = fl.pool.backend

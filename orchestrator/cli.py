@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import logging
@@ -12,6 +11,7 @@ import sys
 from typing import Any
 
 from runtimes.core.errors import MLBridgeError
+from runtimes.core.loop import run as run_loop
 
 from .client import MLBridge
 
@@ -36,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"mlbridge: serving {', '.join(sorted(cfg.bridges))} on {server.target} "
               f"(backend {cfg.backend}); Ctrl-C stops", flush=True)
 
-    asyncio.run(run(cfg, on_ready=ready))
+    run_loop(run(cfg, on_ready=ready))
     return 0
 
 

@@ -15,6 +15,7 @@ from runtimes.proto import runtime_pb2 as rpb
 from runtimes.proto import runtime_pb2_grpc as rpb_grpc
 
 from .backends.base import Backend, WorkerHandle
+from .session import Session
 
 
 def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
@@ -41,6 +42,7 @@ class Worker:
     channel: grpc.aio.Channel | None = None
     stub: rpb_grpc.RuntimeStub | None = None
     death: str = ""
+    session: Session | None = None
 
     @property
     def id(self) -> str:
@@ -74,6 +76,8 @@ class Worker:
             try:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    assert self.stub is not None
+                    self.session = Session(self.stub)
                     self.state = "ready"
                     self.ready_after_s = time.monotonic() - self.started_at
                     return
@@ -104,6 +108,9 @@ class Worker:
         return await self.stub.Describe(rpb.DescribeRequest(), timeout=30)
 
     async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
         if self.channel is not None:
             await self.channel.close()
             self.channel = None

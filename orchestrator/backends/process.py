@@ -70,7 +70,7 @@ class ProcessBackend(Backend):
                 os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 
 from .errors import MLBridgeError
+from .loop import run as run_loop
 from .server import serve
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("MLBRIDGE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(args.bridge, address))
+        run_loop(serve(args.bridge, address))
     except MLBridgeError as err:
         print(f"mlbridge runtime: {err.flat()}", file=sys.stderr)
         return 2

@@ -107,6 +107,33 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             else:
                 yield pb.StreamEvent(call_id=cid, final=_reply(cid, payload))
 
+    async def Session(self, request_iterator, context: grpc.aio.ServicerContext):  # type: ignore[override]
+        out: asyncio.Queue[pb.StreamEvent | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def handle(req: pb.CallRequest) -> None:
+            fields = _ctx_fields(req)
+            outcome = await self.d.run(self.d.make_context(**fields), req.args_json)
+            out.put_nowait(pb.StreamEvent(call_id=fields["call_id"], final=_reply(fields["call_id"], outcome)))
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    task = asyncio.ensure_future(handle(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (event := await out.get()) is not None:
+                yield event
+        finally:
+            reader.cancel()
+            for task in tasks:
+                task.cancel()
+
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         return pb.CancelReply(found=self.d.cancel(request.call_id))
 

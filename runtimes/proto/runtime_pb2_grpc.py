@@ -49,6 +49,11 @@ class RuntimeStub:
                 request_serializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
                 response_deserializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/mlbridge.runtime.v1.Runtime/Session',
+                request_serializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+                response_deserializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/mlbridge.runtime.v1.Runtime/Cancel',
                 request_serializer=runtimes_dot_proto_dot_runtime__pb2.CancelRequest.SerializeToString,
@@ -86,6 +91,17 @@ class RuntimeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Many unary calls multiplexed over one long-lived stream: each request
+        is answered by exactly one StreamEvent whose `final` carries the reply,
+        matched by call_id, in completion order. This is the orchestrator's fast
+        path (no per-call RPC set-up); streaming calls use CallStream so that each
+        gets its own flow control.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Cancel(self, request, context):
         """Cooperative cancellation of a running call by its id.
         """
@@ -115,6 +131,11 @@ def add_RuntimeServicer_to_server(servicer, server):
             ),
             'CallStream': grpc.unary_stream_rpc_method_handler(
                     servicer.CallStream,
+                    request_deserializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.FromString,
+                    response_serializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
                     request_deserializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.FromString,
                     response_serializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.SerializeToString,
             ),
@@ -208,6 +229,33 @@ class Runtime:
             request,
             target,
             '/mlbridge.runtime.v1.Runtime/CallStream',
+            runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+            runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mlbridge.runtime.v1.Runtime/Session',
             runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
             runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
             options,

@@ -25,7 +25,13 @@ from orchestrator import (
 )
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
-from runtimes.core.errors import AlreadyExists, BridgeNotFound, InvalidResult, PayloadTooLarge, WorkerDied
+from runtimes.core.errors import (
+    AlreadyExists,
+    BridgeNotFound,
+    InvalidResult,
+    PayloadTooLarge,
+    WorkerDied,
+)
 from tests.harness import ServerThread, make_config
 
 MAX = 256 * 1024
