@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Bring mlbridge up with its default configuration on this machine: start the
+# Docker engine (installing it when missing), build the images, serve the
+# default bridges from hardened containers, and show it answering. Ctrl-C
+# stops the orchestrator and the engine it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+ADDRESS="${MLBRIDGE_ADDRESS:-127.0.0.1:50051}"
+
+scripts/docker-engine.sh up
+trap 'kill "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; scripts/docker-engine.sh down' EXIT
+
+"$PY" -m orchestrator.cli images build
+"$PY" -m orchestrator.cli serve --backend docker --listen "$ADDRESS" &
+SERVE_PID=$!
+
+for _ in $(seq 1 240); do
+    if "$PY" -m orchestrator.cli --address "$ADDRESS" bridges >/dev/null 2>&1; then break; fi
+    kill -0 "$SERVE_PID" 2>/dev/null || { echo "mlbridge serve exited" >&2; exit 1; }
+    sleep 0.5
+done
+
+echo
+echo "== mlbridge status"
+"$PY" -m orchestrator.cli --address "$ADDRESS" status
+echo
+echo "== mlbridge call mock mock:echo --args '{\"hello\": \"world\"}'"
+"$PY" -m orchestrator.cli --address "$ADDRESS" call mock mock:echo --args '{"hello": "world"}'
+echo
+echo "mlbridge is serving on $ADDRESS; Ctrl-C stops it."
+wait "$SERVE_PID"
