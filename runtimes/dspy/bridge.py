@@ -1,0 +1,169 @@
+"""The ``dspy`` bridge: DSPy programs, LMs, datasets and optimizers as resources.
+
+Resource types (see :mod:`runtimes.dspy.resources`): ``signature``, ``lm``,
+``program``, ``dataset``, ``optimization``. Commands: ``dspy:configure_lm``,
+``dspy:reset``, ``dspy:stats``. Streaming is described in
+:mod:`runtimes.dspy.programs`.
+
+API keys arrive as tenant secrets through :meth:`Bridge.configure`; an LM
+config names the secret it uses. Keys never appear in a result, an info
+summary, an error or a log record (:mod:`runtimes.dspy.redaction`).
+
+``import dspy`` happens in :meth:`DSPyBridge.setup` and in hooks, never at
+import time, so describing this bridge stays fast.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, TypeVar
+
+from runtimes.core import Bridge, CallContext, InvalidArgument, NotFound, Resource, command
+from runtimes.core.errors import (
+    AlreadyExists,
+    ConfigError,
+    FrameworkError,
+    InternalError,
+    MLBridgeError,
+    flatten_exception,
+)
+
+from .lms import LM_SCHEMA, LMSpec
+from .redaction import install_log_redaction, redact
+from .resources import (
+    DatasetResource,
+    LMResource,
+    OptimizationResource,
+    ProgramResource,
+    SignatureResource,
+)
+
+R = TypeVar("R", bound=Resource)
+
+_CONFIGURE_LM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        **LM_SCHEMA["properties"],
+        "lm": {"type": "string", "description": "an lm resource id, instead of a config"},
+    },
+}
+# Longest framework error message passed on (provider errors can be pages long).
+MAX_ERROR_CHARS = 4000
+
+
+class DSPyBridge(Bridge):
+    """Serves DSPy 3.x in one worker."""
+
+    name = "dspy"
+    framework = "dspy"
+    resource_types = (SignatureResource, LMResource, ProgramResource, DatasetResource, OptimizationResource)
+    # Provider keys are not fixed: each LM config names the secret it needs.
+    required_secrets = ()
+    packages = ("litellm", "openai", "pydantic")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.default_lm: Any = None
+        self.default_lm_info: dict[str, Any] | None = None
+        self._counts: dict[str, int] = {"executions": 0, "optimizations": 0}
+        self._lock = threading.Lock()
+
+    # -- hooks ------------------------------------------------------------
+    def setup(self) -> None:
+        import dspy  # type: ignore[import-untyped]
+
+        # Memory cache only: a worker's rootfs is read-only and it lives for one tenant.
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+        install_log_redaction(lambda: list(self.secrets.values()))
+
+    def translate_error(self, exc: BaseException) -> MLBridgeError | None:
+        text = redact(flatten_exception(exc), self.secrets.values())
+        if len(text) > MAX_ERROR_CHARS:
+            text = text[:MAX_ERROR_CHARS] + " [truncated]"
+        details: dict[str, Any] = {"_flattened": True, "framework_error": type(exc).__name__}
+        try:
+            from dspy.utils.exceptions import LMConfigurationError  # type: ignore[import-untyped]
+        except ImportError:  # dspy missing: nothing of it can have raised
+            return FrameworkError(text, details=details)
+        if isinstance(exc, LMConfigurationError):
+            return ConfigError(text, details=details)
+        return FrameworkError(text, details=details)
+
+    def stats(self) -> dict[str, Any]:
+        by_type: dict[str, int] = {}
+        store = self.store
+        for res in list(store.resources.values()) if store is not None else []:
+            by_type[res.type_name] = by_type.get(res.type_name, 0) + 1
+        with self._lock:
+            counts = dict(self._counts)
+        return {"default_lm": self.default_lm_info, "resources": by_type, **counts}
+
+    # -- resource store -----------------------------------------------------
+    def lookup(self, rid: Any, kind: type[R], role: str) -> R:
+        """The resource ``rid`` of type ``kind``, referred to as ``role``."""
+        if not isinstance(rid, str) or not rid:
+            raise InvalidArgument(f"{role} must be a resource id (a non-empty string)")
+        res = self._store().resources.get(rid)
+        if res is None:
+            raise NotFound(f"{role} {rid!r}: no such resource in this worker")
+        if not isinstance(res, kind):
+            raise InvalidArgument(f"{role} {rid!r} is a {res.type_name!r} resource, not {kind.type_name!r}")
+        return res
+
+    def check_free(self, rid: str) -> None:
+        if not rid or rid in self._store().resources:
+            raise AlreadyExists(f"resource {rid!r} already exists")
+
+    def add_resource(self, res: Resource) -> None:
+        """Register a resource this bridge made itself (as common:create_resource does)."""
+        store = self._store()
+        self.check_free(res.resource_id)
+        store.resources[res.resource_id] = res
+        store.created[res.resource_id] = time.time()
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def _store(self) -> Any:
+        if self.store is None:
+            raise InternalError("the dspy bridge is not served by a dispatcher")
+        return self.store
+
+    # -- commands -----------------------------------------------------------
+    @command("configure_lm", description="Set the default LM (an lm config, or {lm: <lm resource id>})",
+             schema=_CONFIGURE_LM_SCHEMA)
+    def configure_lm(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        if "lm" in args:
+            if len(args) != 1:
+                raise InvalidArgument("configure_lm takes either {lm: <resource id>} or an LM config, not both")
+            res = self.lookup(args["lm"], LMResource, "lm")
+            lm, info = res.lm, res.info()
+        else:
+            spec = LMSpec(args)
+            lm, info = spec.build(self.secrets), spec.info()
+        with self._lock:
+            self.default_lm, self.default_lm_info = lm, info
+        return {"default_lm": info}
+
+    @command("reset", description="Delete every dspy resource in this worker and the default LM")
+    def reset(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        store = self._store()
+        deleted = []
+        for rid, res in list(store.resources.items()):
+            try:
+                res.delete(ctx)
+            finally:
+                store.resources.pop(rid, None)
+                store.created.pop(rid, None)
+            deleted.append({"resource_id": rid, "type": res.type_name})
+        with self._lock:
+            had_lm = self.default_lm is not None
+            self.default_lm, self.default_lm_info = None, None
+        return {"deleted": deleted, "default_lm_cleared": had_lm}
+
+    @command("stats", description="Default LM, resources by type, executions and optimizations",
+             inline=True)
+    def dspy_stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return self.stats()
