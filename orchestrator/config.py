@@ -84,6 +84,11 @@ class BridgeConfig(BaseModel):
     image: str | None = Field(None, description="docker image; default mlbridge/<bridge>:<version>")
     pool_size: int = Field(1, ge=0, le=64, description="warm workers kept ready")
     max_workers: int = Field(8, ge=1, le=256, description="upper bound on workers for this bridge")
+    workers_per_tenant: int = Field(1, ge=1, le=64, description=(
+        "workers one tenant may claim; with 1, all of a tenant's resources of this bridge share a worker "
+        "and may refer to each other"))
+    secrets: list[str] = Field(default_factory=list, description=(
+        "secret names this bridge's workers receive from the tenant's policy (besides those the bridge declares)"))
     required_env: list[str] = Field(default_factory=list, description="host env vars that must be set")
     required_packages: list[str] = Field(default_factory=list, description="distributions the runtime needs")
     env: dict[str, str] = Field(default_factory=dict, description="extra env for the worker (no secrets)")

@@ -26,7 +26,7 @@ from .worker import Worker
 log = logging.getLogger("mlbridge.pool")
 
 EventHook = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
-SecretsFor = Callable[[str, str], dict[str, str]]
+SecretsFor = Callable[[str, str, Worker], Awaitable[dict[str, str]]]
 
 
 class Pool:
@@ -41,7 +41,7 @@ class Pool:
         self.orchestrator_id = orchestrator_id
         self.socket_root = socket_root
         self.max_message_bytes = max_message_bytes
-        self.secrets_for = secrets_for or (lambda tenant, bridge: {})
+        self.secrets_for = secrets_for
         self.on_event = on_event
         self.workers: dict[str, Worker] = {}
         self._spares: asyncio.Queue[Worker] = asyncio.Queue()
@@ -127,7 +127,7 @@ class Pool:
             raise Unavailable(f"bridge {self.name!r} is shutting down")
         mine = self.claimed(tenant)
         best = min(mine, key=lambda w: w.in_flight, default=None)
-        limit = max_workers if max_workers is not None else self.cfg.max_workers
+        limit = max_workers if max_workers is not None else self.cfg.workers_per_tenant
         if best is not None and (best.in_flight == 0 or len(mine) >= limit or self._spares.empty()):
             return best
         async with self._claim_lock:
@@ -148,7 +148,8 @@ class Pool:
             worker = await self._start_worker()  # cold start on demand
         self._refill()
         try:
-            await worker.configure(tenant, self.secrets_for(tenant, self.name))
+            secrets = await self.secrets_for(tenant, self.name, worker) if self.secrets_for else {}
+            await worker.configure(tenant, secrets)
         except Exception as exc:
             await self.retire(worker, f"configure failed: {exc}")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc

@@ -120,11 +120,15 @@ class Orchestrator:
         shutil.rmtree(self._socket_root, ignore_errors=True)
 
     # -- hooks the policy layer overrides ----------------------------------------
-    def secrets_for(self, tenant: str, bridge: str) -> dict[str, str]:
+    async def secrets_for(self, tenant: str, bridge: str, worker: Worker | None = None) -> dict[str, str]:
+        """Secrets handed to a worker when ``tenant`` claims it (none without a policy)."""
         return {}
 
     async def on_worker_event(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
         log.info("%s %s %s", event, worker.id, extra)
+
+    def _max_workers(self, caller: Caller, bridge: str) -> int:
+        return self.pools[bridge].cfg.workers_per_tenant
 
     def timeout_for(self, caller: Caller, bridge: str, client_timeout_s: float | None) -> float:
         limit = self.pools[bridge].cfg.call_timeout_s
@@ -140,7 +144,7 @@ class Orchestrator:
                 f"unknown bridge {name!r}; bridges: {', '.join(sorted(self.pools)) or 'none'}"
             ) from None
 
-    def _record(self, caller: Caller, resource_id: str) -> ResourceRecord:
+    def _resource(self, caller: Caller, resource_id: str) -> ResourceRecord:
         rec = self.registry.get(caller.tenant, resource_id)
         if rec is None:
             raise NotFound(f"resource {resource_id!r} not found")
@@ -172,7 +176,7 @@ class Orchestrator:
     async def describe(self, caller: Caller, bridge: str) -> dict[str, Any]:
         pool = self.pool(bridge)
         if pool.name not in self._describe:
-            worker = pool.any_ready() or await pool.acquire(caller.tenant)
+            worker = pool.any_ready() or await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool.name))
             reply = await worker.describe()
             self._describe[pool.name] = {
                 "bridge": reply.bridge,
@@ -210,9 +214,14 @@ class Orchestrator:
     async def call(self, caller: Caller, bridge: str, command: str, args_json: bytes = b"",
                    attachments: dict[str, bytes] | None = None, call_id: str = "",
                    timeout_s: float | None = None) -> Reply:
+        if ":" not in command:
+            from .compat import dspex
+
+            if command in dspex.LEGACY_COMMANDS:
+                return await dspex.handle(self, caller, command, args_json, call_id or new_call_id(), timeout_s)
         pool = self.pool(self.route_bridge(bridge, command))
         req = self._command_request(command, args_json, attachments or {}, call_id)
-        worker = await pool.acquire(caller.tenant)
+        worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool.name))
         return await self._counted(self.runner.unary(
             caller.tenant, pool, worker, req, self.timeout_for(caller, pool.name, timeout_s)))
 
@@ -221,7 +230,7 @@ class Orchestrator:
                           timeout_s: float | None = None) -> AsyncIterator[Event]:
         pool = self.pool(self.route_bridge(bridge, command))
         req = self._command_request(command, args_json, attachments or {}, call_id)
-        worker = await pool.acquire(caller.tenant)
+        worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool.name))
         async for ev in self._counted_stream(self.runner.stream(
                 caller.tenant, pool, worker, req, self.timeout_for(caller, pool.name, timeout_s))):
             yield ev
@@ -242,7 +251,7 @@ class Orchestrator:
         if self.registry.exists(caller.tenant, rid):
             raise AlreadyExists(f"resource {rid!r} already exists")
         self.check_resource_quota(caller)
-        worker = await pool.acquire(caller.tenant)
+        worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool.name))
         reply = await self._create_on(caller, pool, worker, rid, type_, config_json, attachments or {},
                                       call_id, timeout_s)
         info = json.dumps((_loads(reply.result) or {}).get("info", {})).encode()
@@ -267,10 +276,21 @@ class Orchestrator:
         worker = pool.workers.get(rec.worker_id)
         if worker is not None and worker.state == "ready" and worker.tenant == caller.tenant:
             return pool, worker
-        worker = await pool.acquire(caller.tenant)
-        log.info("re-creating resource %s on worker %s from its spec", rec.resource_id, worker.id)
-        await self._create_on(caller, pool, worker, rec.resource_id, rec.type, rec.config, {}, "", timeout_s)
-        rec.worker_id = worker.id
+        worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool.name))
+        # Re-create every resource of this tenant and bridge that lived on a worker
+        # that is gone, oldest first, so resources that refer to others find them.
+        lost = [r for r in self.registry.list(caller.tenant, rec.bridge)
+                if r.worker_id not in pool.workers or pool.workers[r.worker_id].state != "ready"]
+        for r in lost:
+            log.info("re-creating resource %s on worker %s from its spec", r.resource_id, worker.id)
+            try:
+                await self._create_on(caller, pool, worker, r.resource_id, r.type, r.config, {}, "", timeout_s)
+            except MLBridgeError as exc:
+                if r is rec:
+                    raise
+                log.warning("could not re-create resource %s: %s", r.resource_id, exc)
+                continue
+            r.worker_id = worker.id
         return pool, worker
 
     def _execute_request(self, rec: ResourceRecord, inputs_json: bytes, attachments: dict[str, bytes] | None,
@@ -282,7 +302,7 @@ class Orchestrator:
     async def execute_resource(self, caller: Caller, resource_id: str, inputs_json: bytes = b"",
                                attachments: dict[str, bytes] | None = None, call_id: str = "",
                                timeout_s: float | None = None) -> Reply:
-        rec = self._record(caller, resource_id)
+        rec = self._resource(caller, resource_id)
         pool, worker = await self._holder(caller, rec, timeout_s)
         req = self._execute_request(rec, inputs_json, attachments, call_id)
         reply = await self._counted(self.runner.unary(
@@ -293,7 +313,7 @@ class Orchestrator:
     async def execute_resource_stream(self, caller: Caller, resource_id: str, inputs_json: bytes = b"",
                                       attachments: dict[str, bytes] | None = None, call_id: str = "",
                                       timeout_s: float | None = None) -> AsyncIterator[Event]:
-        rec = self._record(caller, resource_id)
+        rec = self._resource(caller, resource_id)
         pool, worker = await self._holder(caller, rec, timeout_s)
         req = self._execute_request(rec, inputs_json, attachments, call_id)
         async for kind, payload in self._counted_stream(self.runner.stream(
@@ -316,7 +336,7 @@ class Orchestrator:
         return self.registry.list(caller.tenant, bridge, type_)
 
     async def delete_resource(self, caller: Caller, resource_id: str) -> bool:
-        rec = self._record(caller, resource_id)
+        rec = self._resource(caller, resource_id)
         pool = self.pool(rec.bridge)
         worker = pool.workers.get(rec.worker_id)
         if worker is not None and worker.state == "ready" and worker.tenant == caller.tenant:

@@ -93,6 +93,10 @@ class Backend(abc.ABC):
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
         """None while running, else how it ended."""
 
+    async def apply_limits(self, handle: WorkerHandle, limits: dict[str, Any]) -> bool:
+        """Lower a running worker's limits (``cpus``, ``memory_bytes``, ``pids``); False if unsupported."""
+        return False
+
     async def stats(self, handle: WorkerHandle) -> dict[str, Any]:
         """Resource usage (memory bytes, cpu) when known."""
         return {}

@@ -1,0 +1,1 @@
+"""Compatibility layers for clients of the projects mlbridge grew from."""
