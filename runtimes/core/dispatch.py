@@ -100,6 +100,14 @@ class Dispatcher:
             raise UnknownCommand(f"unknown command {command!r}; {ns} commands: {known}")
         return spec, owner
 
+    def is_inline(self, command: str) -> bool:
+        """Whether a command runs inline on the event loop (cheap and never blocking)."""
+        try:
+            spec, _ = self.resolve(command)
+        except MLBridgeError:
+            return True  # the error reply is immediate
+        return spec.inline and not spec.streaming and not spec.is_async
+
     def resource(self, rid: str) -> Resource:
         try:
             return self.resources[rid]
@@ -239,9 +247,13 @@ class Dispatcher:
             return work.result()
         # Cancelled or past the deadline: ask the handler to stop, give it a grace.
         ctx.cancel()
-        work.cancel()
+        if isinstance(work, asyncio.Task):
+            work.cancel()  # async handlers stop by task cancellation
+        # A thread handler's future must not be cancelled before the grace: a
+        # cancelled future would end the wait at once and report it stuck.
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(asyncio.shield(work), STOP_GRACE_S)
+        work.cancel()
         if run.stop.is_set():
             raise Cancelled(f"call {ctx.call_id} was cancelled")
         raise DeadlineExceeded(f"call {ctx.call_id} ran past its deadline")

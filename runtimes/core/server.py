@@ -107,30 +107,26 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             else:
                 yield pb.StreamEvent(call_id=cid, final=_reply(cid, payload))
 
-    async def Session(self, request_iterator, context: grpc.aio.ServicerContext):  # type: ignore[override]
-        out: asyncio.Queue[pb.StreamEvent | None] = asyncio.Queue()
+    async def Session(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+        write_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
 
         async def handle(req: pb.CallRequest) -> None:
             fields = _ctx_fields(req)
             outcome = await self.d.run(self.d.make_context(**fields), req.args_json)
-            out.put_nowait(pb.StreamEvent(call_id=fields["call_id"], final=_reply(fields["call_id"], outcome)))
+            event = pb.StreamEvent(call_id=fields["call_id"], final=_reply(fields["call_id"], outcome))
+            async with write_lock:
+                await context.write(event)
 
-        async def read() -> None:
-            try:
-                async for req in request_iterator:
-                    task = asyncio.ensure_future(handle(req))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            finally:
-                out.put_nowait(None)
-
-        reader = asyncio.ensure_future(read())
         try:
-            while (event := await out.get()) is not None:
-                yield event
+            async for req in request_iterator:
+                if self.d.is_inline(req.command):
+                    await handle(req)  # never blocks: no task needed
+                    continue
+                task = asyncio.ensure_future(handle(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         finally:
-            reader.cancel()
             for task in tasks:
                 task.cancel()
 
