@@ -45,10 +45,14 @@ our_pid() {
     printf '%s\n' "$pid"
 }
 
+# ensure_packages [engine]: mmdebstrap always (the rootfs build needs it),
+# docker.io too when we are to run the engine ourselves.
 ensure_packages() {
     local missing=()
-    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-    command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+    if [ "${1:-}" = engine ]; then
+        command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+        command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+    fi
     command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
     [ "${#missing[@]}" -eq 0 ] && return 0
     # Deduplicate docker.io when both binaries are missing.
@@ -93,10 +97,11 @@ cmd_up() {
     if engine_answers; then
         log "using the Docker engine that is already running (not started by us)"
         as_root touch "$EXTERNAL_MARK"
+        ensure_packages
         return 0
     fi
     as_root rm -f "$EXTERNAL_MARK"
-    ensure_packages
+    ensure_packages engine
     log "starting dockerd (log: $LOGFILE)"
     # setsid: the daemon outlives this shell and its job-control signals. The
     # inner shell has no job control, so setsid execs dockerd and $! is its pid.
