@@ -29,6 +29,7 @@ from runtimes.core.errors import (
     WorkerDied,
     error_from_wire,
 )
+from runtimes.core.metadata import CREATED_RESOURCES
 from runtimes.proto import runtime_pb2 as rpb
 
 from .pool import Pool
@@ -205,7 +206,7 @@ class CallRunner:
 
 def created_resources(reply: Reply) -> list[dict[str, Any]]:
     """Resources a handler created as a side effect (metadata ``mlbridge-created-resources``)."""
-    raw = reply.metadata.get("mlbridge-created-resources")
+    raw = reply.metadata.get(CREATED_RESOURCES)
     if not raw:
         return []
     try:

@@ -24,6 +24,15 @@ CREATE TABLE IF NOT EXISTS resources (
     info BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (tenant, resource_id)
 );
+CREATE TABLE IF NOT EXISTS replay (
+    tenant TEXT NOT NULL,
+    bridge TEXT NOT NULL,
+    key TEXT NOT NULL,
+    command TEXT NOT NULL,
+    args BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, bridge, key)
+);
 """
 
 
@@ -95,6 +104,22 @@ class Registry:
 
     def on_worker(self, worker_id: str) -> list[ResourceRecord]:
         return [r for r in self._cache.values() if r.worker_id == worker_id]
+
+    # -- calls replayed on every worker a tenant claims later ----------------------
+    def set_replay(self, tenant: str, bridge: str, key: str, command: str, args: bytes) -> None:
+        with self._lock:
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM replay").fetchone()[0]
+            self._db.execute("INSERT OR REPLACE INTO replay VALUES (?, ?, ?, ?, ?, ?)",
+                             (tenant, bridge, key, command, args, seq))
+
+    def clear_replay(self, tenant: str, bridge: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM replay WHERE tenant = ? AND bridge = ?", (tenant, bridge))
+
+    def replays(self, tenant: str, bridge: str) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return [(c, a) for c, a in self._db.execute(
+                "SELECT command, args FROM replay WHERE tenant = ? AND bridge = ? ORDER BY seq", (tenant, bridge))]
 
     def close(self) -> None:
         with self._lock:

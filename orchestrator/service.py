@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtimes.core import metadata as meta
 from runtimes.core.errors import (
     AlreadyExists,
     BridgeNotFound,
@@ -126,6 +127,36 @@ class Orchestrator:
 
     async def on_worker_event(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
         log.info("%s %s %s", event, worker.id, extra)
+        if event == "worker_claim":
+            await self._replay(extra["tenant"], worker)
+
+    async def _replay(self, tenant: str, worker: Worker) -> None:
+        """Re-run the tenant's replayable calls (e.g. registered types) on a newly claimed worker."""
+        for command, args in self.registry.replays(tenant, worker.bridge):
+            assert worker.session is not None
+            reply = await worker.session.request(rpb.CallRequest(call_id=new_call_id(), command=command,
+                                                                 args_json=args, tenant=tenant))
+            if not reply.ok:
+                log.warning("replaying %s on worker %s failed: %s", command, worker.id, reply.error.message)
+
+    def _note_effects(self, caller: Caller, bridge: str, command: str, args_json: bytes, reply: Reply) -> None:
+        """Record what a reply's metadata asks for: replayable calls, resources made or dropped."""
+        md = reply.metadata
+        if md.get(meta.REPLAY_CLEAR):
+            self.registry.clear_replay(caller.tenant, bridge)
+        if md.get(meta.REPLAY_KEY):
+            self.registry.set_replay(caller.tenant, bridge, md[meta.REPLAY_KEY], command, args_json)
+        if md.get(meta.DELETED_RESOURCES):
+            try:
+                gone = json.loads(md[meta.DELETED_RESOURCES])
+            except ValueError:
+                gone = []
+            for rid in gone if isinstance(gone, list) else []:
+                if isinstance(rid, str):
+                    self.registry.remove(caller.tenant, rid)
+        pool = self.pools.get(bridge)
+        if pool is not None:
+            self._adopt_created(caller, pool, reply)
 
     def _max_workers(self, caller: Caller, bridge: str) -> int:
         return self.pools[bridge].cfg.workers_per_tenant
@@ -222,8 +253,11 @@ class Orchestrator:
         pool = self.pool(self.route_bridge(bridge, command))
         req = self._command_request(command, args_json, attachments or {}, call_id)
         worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool.name))
-        return await self._counted(self.runner.unary(
+        reply = await self._counted(self.runner.unary(
             caller.tenant, pool, worker, req, self.timeout_for(caller, pool.name, timeout_s)))
+        if reply.metadata:
+            self._note_effects(caller, pool.name, command, args_json, reply)
+        return reply
 
     async def call_stream(self, caller: Caller, bridge: str, command: str, args_json: bytes = b"",
                           attachments: dict[str, bytes] | None = None, call_id: str = "",

@@ -30,6 +30,7 @@ from collections.abc import Generator
 from typing import Any
 
 from runtimes.core import Bridge, CallContext, InvalidArgument, command
+from runtimes.core.metadata import REPLAY_KEY
 
 from . import capture
 from .archive import iter_members, unpacked_limit
@@ -262,8 +263,8 @@ class CustomBridge(Bridge):
         Re-registering a user type replaces it: resources created afterwards
         use the new code, resources created before keep the class they were
         built with until deleted. Registrations live in this worker only; a
-        replacement worker needs them again (the built-in ``module`` type,
-        whose config carries its code, needs nothing).
+        replacement worker gets them again because the reply asks the
+        orchestrator to replay this call there (``mlbridge-replay-key``).
 
         Raises:
             BadUserType: bad name or config_schema, no such class, no create / execute.
@@ -296,6 +297,9 @@ class CustomBridge(Bridge):
             raise
         if old is not None:  # its live resources keep their module object
             old.user_module.release()
+        # The orchestrator replays this registration on any worker the tenant
+        # claims later (a replacement after a crash included), keyed by type name.
+        ctx.metadata[REPLAY_KEY] = f"custom:type:{name}"
         return {
             "name": name,
             "version": version,

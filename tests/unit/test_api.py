@@ -328,3 +328,25 @@ def test_wire_error_details_are_standard_grpc(srv: ServerThread) -> None:
         status.details[0].Unpack(detail)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert detail.reason == "UNKNOWN_COMMAND" and json.loads(detail.metadata["namespaces"]) == ["common", "mock"]
+
+
+def test_replayed_registration_survives_worker_death(tmp_path) -> None:
+    """A user-registered resource type is replayed on the replacement worker; its resources come back."""
+    cfg = make_config(tmp_path, default_bridge="custom",
+                      bridges={"custom": {"runtime": "custom", "pool_size": 1,
+                                          "env": {"MLBRIDGE_SCRATCH": str(tmp_path / "scratch")}}})
+    code = ("class Acc:\n"
+            "    def create(self, config):\n        self.total = config.get('start', 0)\n"
+            "    def execute(self, inputs):\n        self.total += inputs['x']\n        return {'total': self.total}\n")
+    with ServerThread(cfg) as srv, MLBridge.connect(srv.target) as mb:
+        mb.call("custom", "custom:register_type", {"name": "acc", "code": code, "class": "Acc"})
+        rid = mb.create_resource("custom", "acc", {"start": 10})
+        assert mb.execute_resource(rid, {"x": 5}) == {"total": 15}
+        worker = next(iter(srv.orch.pools["custom"].claimed("default")))
+        worker.handle.ref.kill()
+        with pytest.raises(WorkerDied):
+            mb.call("custom", "custom:run", {"code": "import time\ndef main(i):\n    time.sleep(5)"})
+        # Replacement worker: the type is registered again and the resource re-created from its spec.
+        assert mb.execute_resource(rid, {"x": 1}) == {"total": 11}
+        types = {t["name"] for t in mb.call("custom", "custom:list_types")["types"]}
+        assert "acc" in types

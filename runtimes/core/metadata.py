@@ -1,0 +1,18 @@
+"""Reply metadata keys a handler may set (``ctx.metadata[KEY] = value``) to tell the orchestrator something.
+
+REPLAY_KEY: replay this call, keyed by the value, on every worker the tenant
+    claims later (a replacement after a crash included). A later call with the
+    same key replaces the earlier one.
+REPLAY_CLEAR: forget every replayable call of this tenant and bridge.
+CREATED_RESOURCES: JSON list of ``{"resource_id", "type", "config", "info"}``
+    for resources a handler created as a side effect; the orchestrator
+    registers them so clients can use them like any other.
+DELETED_RESOURCES: JSON list of resource ids a handler deleted.
+DEPRECATED: a sentence naming the replacement of a deprecated command.
+"""
+
+REPLAY_KEY = "mlbridge-replay-key"
+REPLAY_CLEAR = "mlbridge-replay-clear"
+CREATED_RESOURCES = "mlbridge-created-resources"
+DELETED_RESOURCES = "mlbridge-deleted-resources"
+DEPRECATED = "mlbridge-deprecated"
