@@ -40,23 +40,93 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_call(args: argparse.Namespace) -> int:
+class UsageError(Exception):
+    """Bad command-line input; exit code 2."""
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
+    if not text:
+        return None
     try:
-        payload = json.loads(args.args) if args.args else None
+        value = json.loads(text)
     except ValueError as exc:
-        print(f"error: --args is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    if payload is not None and not isinstance(payload, dict):
-        print("error: --args must be a JSON object", file=sys.stderr)
-        return 2
+        raise UsageError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object")
+    return value
+
+
+def _attachments(specs: list[str] | None) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for spec in specs or ():
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = os.path.basename(spec), spec
+        try:
+            with open(path, "rb") as fh:
+                out[name] = fh.read()
+        except OSError as exc:
+            raise UsageError(f"--attach {spec}: {exc.strerror}") from None
+    return out
+
+
+def _save(attachments: dict[str, bytes], directory: str | None) -> None:
+    if not attachments:
+        return
+    if not directory:
+        names = ", ".join(sorted(attachments))
+        print(f"(reply attachments not saved: {names}; use --save-attachments DIR)", file=sys.stderr)
+        return
+    root = os.path.realpath(directory)
+    os.makedirs(root, exist_ok=True)
+    for name, data in attachments.items():
+        target = os.path.realpath(os.path.join(root, name))
+        if not target.startswith(root + os.sep):  # a hostile name must not escape DIR
+            print(f"(skipped attachment with unsafe name {name!r})", file=sys.stderr)
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(data)
+        print(f"saved {target} ({len(data)} bytes)", file=sys.stderr)
+
+
+def _print_stream(events: Any) -> None:
+    for ev in events:
+        line = {"kind": ev.kind, "data": ev.data}
+        if ev.kind == "progress":
+            line.update(step=ev.step, total=ev.total, message=ev.message)
+        print(json.dumps(line), flush=True)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    payload = _json_object(args.args, "--args")
+    files = _attachments(args.attach)
     with _client(args) as mb:
         if args.stream:
-            for ev in mb.call_stream(args.bridge, args.command, payload):
-                print(json.dumps({"kind": ev.kind, "data": ev.data, "step": ev.step, "total": ev.total,
-                                  "message": ev.message} if ev.kind == "progress" else
-                                 {"kind": ev.kind, "data": ev.data}), flush=True)
+            _print_stream(mb.call_stream(args.bridge, args.command, payload))
         else:
-            print(json.dumps(mb.call(args.bridge, args.command, payload), indent=2))
+            res = mb.call_detailed(args.bridge, args.command, payload, attachments=files)
+            print(json.dumps(res.result, indent=2))
+            _save(res.attachments, args.save_attachments)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a Python file's main(inputs) in the custom sandbox."""
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            code = fh.read()
+    except OSError as exc:
+        raise UsageError(f"{args.file}: {exc.strerror}") from None
+    payload = {"code": code, "inputs": _json_object(args.inputs, "--inputs") or {}}
+    with _client(args) as mb:
+        if args.stream:
+            _print_stream(mb.call_stream(args.bridge, "custom:run", payload))
+            return 0
+        res = mb.call(args.bridge, "custom:run", payload)
+    sys.stderr.write(res.get("stderr", ""))
+    sys.stdout.write(res.get("stdout", ""))
+    print(json.dumps(res.get("result"), indent=2))
     return 0
 
 
@@ -122,7 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("command", help="namespace:operation, e.g. mock:echo")
     s.add_argument("--args", help="JSON object of arguments")
     s.add_argument("--stream", action="store_true", help="stream chunks and progress as JSON lines")
+    s.add_argument("--attach", action="append", metavar="NAME=PATH", help="send a file as an attachment")
+    s.add_argument("--save-attachments", metavar="DIR", help="write reply attachments into DIR")
     s.set_defaults(func=cmd_call)
+
+    s = sub.add_parser("run", help="run a Python file's main(inputs) in the custom sandbox")
+    s.add_argument("file")
+    s.add_argument("--inputs", help="JSON object passed to main(inputs)")
+    s.add_argument("--bridge", default="custom")
+    s.add_argument("--stream", action="store_true", help="stream progress and chunks as JSON lines")
+    s.set_defaults(func=cmd_run)
 
     sub.add_parser("bridges", help="list bridges").set_defaults(func=cmd_bridges)
     s = sub.add_parser("resources", help="list your resources")
@@ -147,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except MLBridgeError as err:
         print(f"error: {err.code}: {err.message}", file=sys.stderr)
         return 1
