@@ -1,0 +1,419 @@
+"""The ``docker`` backend: each worker is one hardened container.
+
+Settings come from :mod:`.docker_render` (pure, unit-tested); this module
+talks to the engine. The docker SDK blocks, so every call runs in this
+backend's thread pool. Docker SDK errors never leave this module: they are
+translated to :mod:`runtimes.core.errors` types (:mod:`.docker_errors`).
+
+OOM detection is explained in :mod:`.docker_state`.
+
+Tenant labels. Docker cannot relabel a running container, so a warm spare
+claimed by a tenant keeps the labels it was started with; the pool tracks
+tenancy. Labels known at start (``WorkerSpec.labels``, which a tenant label
+may extend) are applied as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shutil
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import requests
+from docker import errors as derr
+
+from orchestrator.config import BridgeConfig
+from orchestrator.images import image_tag, verify_image
+from runtimes.core.errors import ConfigError, MLBridgeError, Unavailable
+
+from .base import LABEL_PREFIX, SOCKET_NAME, Backend, ExitInfo, WorkerHandle, WorkerSpec
+from .docker_errors import check_engine_socket, engine_unreachable, translated
+from .docker_render import (
+    CONTAINER_GID,
+    CONTAINER_UID,
+    check_network_mode,
+    render_run_kwargs,
+    split_run_kwargs,
+)
+from .docker_state import cgroup_oom_kills, exit_info_from_state, memory_stats
+from .gpus import GpuInventory
+
+__all__ = ["DockerBackend", "default_image"]
+
+log = logging.getLogger("mlbridge.backend.docker")
+
+T = TypeVar("T")
+
+ORCHESTRATOR_LABEL = f"{LABEL_PREFIX}orchestrator"
+SCOPE_LABEL = f"{LABEL_PREFIX}scope"
+# Unix socket paths longer than this cannot be connected to (sun_path is 108 bytes).
+_MAX_SOCKET_PATH = 107
+# How many ended containers' exit infos are kept for exit_info() after stop() removed them.
+_REMEMBER = 4096
+
+
+def default_image(bridge: str) -> str:
+    """``mlbridge/<bridge>:<version>``: the tag ``mlbridge images build <bridge>`` gives."""
+    return image_tag(bridge)
+
+
+def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > _REMEMBER:
+        memory.popitem(last=False)
+
+
+class DockerBackend(Backend):
+    """Runs each worker in its own hardened container (see :mod:`.docker_render`).
+
+    Args:
+        client: a ``docker.DockerClient``; by default one from the environment
+            (``DOCKER_HOST`` etc.), created on first use.
+        gpu_inventory: GPUs that ``limits.gpus`` may name; detected when needed.
+        stats_ttl_s: how long :meth:`stats` reuses a reading (a reading costs
+            a round trip to the engine).
+        max_threads: threads for blocking docker SDK calls.
+        scope: when set, every container gets the label ``io.mlbridge.scope=<scope>``
+            and :meth:`list` / :meth:`reap` see only containers of that scope, so
+            separate deployments (or test sessions) on one engine never reap
+            each other. Unset, they see every mlbridge container on the engine.
+    """
+
+    name = "docker"
+
+    def __init__(self, *, client: docker.DockerClient | None = None,
+                 gpu_inventory: GpuInventory | None = None, stats_ttl_s: float = 2.0,
+                 max_threads: int = 16, scope: str | None = None) -> None:
+        self._client = client
+        self._scope_labels = {SCOPE_LABEL: scope} if scope else {}
+        self._client_lock = threading.Lock()
+        self._gpus = gpu_inventory
+        self._stats_ttl = stats_ttl_s
+        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="mlbridge-docker")
+        self._images: dict[str, str] = {}  # image reference -> verified image id
+        self._image_locks: dict[str, asyncio.Lock] = {}
+        # Bounded memory of containers mlbridge ended, and of exit infos read before removal.
+        self._stopped: OrderedDict[str, str] = OrderedDict()  # container id -> "stop" | "kill"
+        self._final: OrderedDict[str, ExitInfo] = OrderedDict()
+        self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _docker(self) -> docker.DockerClient:
+        """The client, created on first use (this makes one round trip for the API version)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    check_engine_socket()
+                    with translated("connect to the engine"):
+                        try:
+                            self._client = docker.from_env(max_pool_size=32)
+                        except derr.DockerException as exc:
+                            raise engine_unreachable(exc) from exc
+        return self._client
+
+    async def _run(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def call() -> T:
+            with translated(action):
+                return fn(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    # -- images -----------------------------------------------------------------------------
+
+    def _verify_sync(self, bridge: str, cfg: BridgeConfig) -> str:
+        ref = cfg.image or default_image(bridge)
+        client = self._docker()
+        if cfg.image is None or ref.startswith("mlbridge/"):
+            return verify_image(client, ref)
+        try:
+            return str(client.api.inspect_image(ref)["Id"])
+        except derr.ImageNotFound as exc:
+            raise ConfigError(f"image {ref!r} for bridge {bridge!r} is not present in the Docker engine: "
+                              f"pull or build it, or unset bridges.{bridge}.image to use "
+                              f"`mlbridge images build {bridge}`") from exc
+
+    async def image_id(self, bridge: str, cfg: BridgeConfig, *, refresh: bool = False) -> str:
+        """The verified id of ``bridge``'s image (checked once, then cached).
+
+        Raises:
+            ConfigError: the image is missing; ImageMismatch: it is not the one mlbridge built.
+        """
+        ref = cfg.image or default_image(bridge)
+        if not refresh and ref in self._images:
+            return self._images[ref]
+        lock = self._image_locks.setdefault(ref, asyncio.Lock())
+        async with lock:
+            if refresh or ref not in self._images:
+                self._images[ref] = await self._run(f"inspect image {ref}", self._verify_sync, bridge, cfg)
+        return self._images[ref]
+
+    async def prepare(self, bridges: dict[str, BridgeConfig]) -> None:
+        """Check the engine, OCI runtimes, networks and every bridge's image before any worker starts.
+
+        Raises:
+            ConfigError: naming what is missing and how to fix it.
+        """
+        info = await self._run("read engine info", lambda: self._docker().api.info())
+        runtimes_known = set((info.get("Runtimes") or {}).keys())
+        problems = []
+        for name, cfg in sorted(bridges.items()):
+            if runtimes_known and cfg.runtime_class not in runtimes_known:
+                problems.append(f"bridge {name!r}: OCI runtime {cfg.runtime_class!r} is not registered with "
+                                f"the Docker engine (it has {', '.join(sorted(runtimes_known))}); install it "
+                                "and add it to daemon.json `runtimes`, or set runtime_class: runc")
+            try:
+                mode = check_network_mode(cfg.network, name)
+            except ConfigError as err:
+                problems.append(str(err))
+                continue
+            if mode not in ("none", "bridge", "default"):
+                try:
+                    await self._run(f"inspect network {mode}", lambda m=mode: self._docker().api.inspect_network(m))
+                except Unavailable:
+                    problems.append(f"bridge {name!r}: docker network {mode!r} does not exist")
+        if problems:
+            raise ConfigError("docker backend cannot start:\n  " + "\n  ".join(problems))
+        for name, cfg in sorted(bridges.items()):
+            await self.image_id(name, cfg)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @staticmethod
+    def _prepare_socket_dir(path: Path) -> Path:
+        path = path.absolute()
+        sock = path / SOCKET_NAME
+        if len(str(sock)) > _MAX_SOCKET_PATH:
+            raise ConfigError(f"socket path {sock} is longer than {_MAX_SOCKET_PATH} bytes; "
+                              "use a shorter state_dir")
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"socket dir {path} is not a directory")
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        euid = os.geteuid()
+        if euid == 0:
+            os.chown(path, CONTAINER_UID, CONTAINER_GID)
+        elif euid != CONTAINER_UID:
+            raise ConfigError(
+                f"the docker backend must hand {path} to the container's uid {CONTAINER_UID} so the runtime "
+                "can create its socket there, which needs root: run the orchestrator as root "
+                f"(or as uid {CONTAINER_UID})"
+            )
+        os.chmod(path, 0o700)
+        return path
+
+    def _create_and_start(self, create: dict[str, Any], host: dict[str, Any]) -> str:
+        api = self._docker().api
+        host_config = api.create_host_config(**host)
+        cid = str(api.create_container(host_config=host_config, **create)["Id"])
+        try:
+            api.start(cid)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                api.remove_container(cid, force=True)
+            raise
+        return cid
+
+    async def _start_container(self, worker_id: str, create: dict[str, Any], host: dict[str, Any]) -> str:
+        fut = asyncio.ensure_future(self._run(f"start a container for worker {worker_id}",
+                                              self._create_and_start, create, host))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The engine call cannot be interrupted: remove what it creates once it returns.
+            def orphan(done: asyncio.Future[str]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    log.info("worker %s: start was cancelled; removing its container", worker_id)
+                    with contextlib.suppress(RuntimeError):  # executor already shut down
+                        self._executor.submit(self._remove_quietly, done.result())
+
+            fut.add_done_callback(orphan)
+            raise
+
+    def _remove_quietly(self, cid: str) -> None:
+        with contextlib.suppress(Exception):
+            self._docker().api.remove_container(cid, force=True, v=True)
+
+    async def start(self, spec: WorkerSpec) -> WorkerHandle:
+        """Create and start the worker's container; return once it is launched (not ready).
+
+        Raises:
+            ConfigError: engine unreachable, image missing, bad limits or GPU ids.
+            ImageMismatch: the image is not the one mlbridge built.
+            Unavailable: the engine refused to create or start the container.
+        """
+        image = await self.image_id(spec.bridge, spec.config)
+        kwargs = render_run_kwargs(spec, image, gpu_inventory=self._gpus, extra_labels=self._scope_labels)
+        socket_dir = self._prepare_socket_dir(spec.socket_dir)
+        try:
+            for attempt in (1, 2):
+                create, host = split_run_kwargs(kwargs)
+                try:
+                    cid = await self._start_container(spec.worker_id, create, host)
+                    break
+                except Unavailable as err:
+                    # The verified image was removed since it was cached: verify again, once.
+                    if attempt == 1 and err.details.get("http_status") == 404 and "image" in str(err).lower():
+                        image = kwargs["image"] = await self.image_id(spec.bridge, spec.config, refresh=True)
+                        continue
+                    raise
+        except BaseException:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+            raise
+        log.debug("worker %s: container %s started from %s", spec.worker_id, cid[:12], image)
+        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge,
+                            address=f"unix://{socket_dir / SOCKET_NAME}", socket_dir=socket_dir,
+                            ref=cid, image_id=image, backend=self.name)
+
+    def _final_info(self, cid: str) -> ExitInfo | None:
+        api = self._docker().api
+        try:
+            attrs = api.inspect_container(cid)
+        except derr.NotFound:
+            return ExitInfo(exit_code=None, reason="container was removed")
+        return exit_info_from_state(attrs.get("State") or {}, (attrs.get("HostConfig") or {}).get("Memory"),
+                                    self._stopped.get(cid))
+
+    def _stop_sync(self, cid: str, kill: bool, timeout: float) -> None:
+        api = self._docker().api
+        try:
+            before = self._final_info(cid)
+            if before is None:  # still running: mlbridge ends it
+                _remember(self._stopped, cid, "kill" if kill else "stop")
+                try:
+                    if kill:
+                        api.kill(cid)
+                    else:
+                        api.stop(cid, timeout=max(0, math.ceil(timeout)))
+                except derr.NotFound:
+                    pass
+                except derr.APIError as exc:
+                    if exc.status_code != 409:  # 409: it exited meanwhile
+                        raise
+                before = self._final_info(cid)
+            if before is not None:
+                _remember(self._final, cid, before)
+            api.remove_container(cid, force=True, v=True)
+        except derr.NotFound:
+            if cid not in self._final:
+                _remember(self._final, cid, ExitInfo(exit_code=None, reason="container was removed"))
+
+    async def stop(self, handle: WorkerHandle, *, kill: bool = False, timeout: float = 5.0) -> None:
+        """Stop (SIGTERM, SIGKILL after ``timeout``) or kill the container, then remove it.
+
+        The exit info is read before removal, so :meth:`exit_info` still answers afterwards.
+        """
+        cid = str(handle.ref)
+        try:
+            await self._run(f"stop worker {handle.worker_id}", self._stop_sync, cid, kill, timeout)
+        finally:
+            self._stats.pop(cid, None)
+            shutil.rmtree(handle.socket_dir, ignore_errors=True)
+
+    async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
+        """None while the container runs, else how it ended (OOM kill included)."""
+        cid = str(handle.ref)
+        if cid in self._final:
+            return self._final[cid]
+        return await self._run(f"inspect worker {handle.worker_id}", self._final_info, cid)
+
+    async def stats(self, handle: WorkerHandle, *, max_age_s: float | None = None) -> dict[str, Any]:
+        """Memory (bytes, as `docker stats` counts it), limit, cumulative CPU ns, pids, and
+        ``oom_kills`` (processes the kernel OOM-killed in the container so far) when the
+        host's cgroup files are readable.
+
+        One engine round trip (a one-shot sample); reused for ``stats_ttl_s``
+        unless ``max_age_s`` asks for something fresher.
+        """
+        cid = str(handle.ref)
+        ttl = self._stats_ttl if max_age_s is None else max_age_s
+        hit = self._stats.get(cid)
+        if hit is not None and time.monotonic() - hit[0] < ttl:
+            return hit[1]
+        try:
+            raw = await self._run(f"read stats of worker {handle.worker_id}",
+                                  lambda: self._docker().api.stats(cid, stream=False, one_shot=True))
+        except Unavailable:
+            return {}
+        out = memory_stats(raw)
+        kills = cgroup_oom_kills(cid)
+        if kills is not None:
+            out["oom_kills"] = kills
+        self._stats[cid] = (time.monotonic(), out)
+        return out
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def _containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        wanted = {**labels, **self._scope_labels}
+        filters = [ORCHESTRATOR_LABEL] + [f"{k}={v}" for k, v in wanted.items()]
+        rows = self._docker().api.containers(all=True, filters={"label": filters})
+        return [{
+            "id": r["Id"],
+            "name": (r.get("Names") or [""])[0].lstrip("/"),
+            "labels": r.get("Labels") or {},
+            "state": r.get("State", ""),
+            "status": r.get("Status", ""),
+            "image": r.get("ImageID") or r.get("Image", ""),
+        } for r in rows]
+
+    async def list(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """mlbridge containers (running or not) whose labels include ``labels``."""
+        return await self._run("list containers", self._containers, labels)
+
+    def _reap_sync(self, keep: str) -> int:
+        api = self._docker().api
+        removed = 0
+        for row in self._containers({}):
+            owner = row["labels"].get(ORCHESTRATOR_LABEL, "")
+            if owner == keep:
+                continue
+            log.warning("reaping container %s (%s, bridge %s) left by orchestrator %s",
+                        row["id"][:12], row["name"], row["labels"].get(f"{LABEL_PREFIX}bridge", "?"), owner)
+            try:
+                api.remove_container(row["id"], force=True, v=True)
+                removed += 1
+            except derr.NotFound:
+                continue
+            except derr.APIError as exc:
+                log.error("could not reap container %s: %s", row["id"][:12], exc.explanation or exc)
+        return removed
+
+    async def reap(self, keep_orchestrator_id: str) -> int:
+        """Remove every mlbridge container (of this scope) whose orchestrator is not ``keep_orchestrator_id``.
+
+        Meant for start-up, after an earlier orchestrator was killed: without a
+        ``scope`` it also removes the containers of any other orchestrator
+        running on the same engine.
+        """
+        return await self._run("reap leftover containers", self._reap_sync, keep_orchestrator_id)
+
+    def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
+        """Last ``lines`` of the container's output (a blocking call: error paths only)."""
+        try:
+            raw = self._docker().api.logs(str(handle.ref), stdout=True, stderr=True, tail=lines)
+        except (MLBridgeError, derr.DockerException, requests.exceptions.RequestException):
+            return ""
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
