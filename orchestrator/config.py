@@ -175,7 +175,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(f"cannot read config {source}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config {source} must be a mapping at top level")
-    data = _merge(_merge(data, _env_overrides(env)), {k: v for k, v in overrides.items() if v is not None})
+    data = _merge(data, _env_overrides(env))
+    data.update({k: v for k, v in overrides.items() if v is not None})  # flags replace whole keys
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

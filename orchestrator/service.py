@@ -9,6 +9,7 @@ resource is indistinguishable from one that does not exist.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ from runtimes.core.errors import (
 )
 from runtimes.proto import runtime_pb2 as rpb
 
+from . import sockets
 from .backends.base import Backend
 from .calls import CallRunner, Reply, created_resources
 from .config import Config, check_environment
@@ -57,16 +59,19 @@ class Caller:
     source: str = ""
 
 
-def make_backend(name: str) -> Backend:
-    if name == "process":
+def make_backend(config: Config) -> Backend:
+    if config.backend == "process":
         from .backends.process import ProcessBackend
 
         return ProcessBackend()
-    if name == "docker":
+    if config.backend == "docker":
         from .backends.docker import DockerBackend
 
-        return DockerBackend()
-    raise ConfigError(f"unknown backend {name!r}; use 'process' or 'docker'")
+        # Orchestrators sharing a state dir are one deployment: the reaper removes
+        # what an earlier one of them left, never another deployment's workers.
+        scope = hashlib.sha256(str(Path(config.state_dir).resolve()).encode()).hexdigest()[:12]
+        return DockerBackend(scope=scope)
+    raise ConfigError(f"unknown backend {config.backend!r}; use 'process' or 'docker'")
 
 
 def new_call_id() -> str:
@@ -79,12 +84,13 @@ class Orchestrator:
     def __init__(self, config: Config, backend: Backend | None = None) -> None:
         self.config = config
         self.id = uuid.uuid4().hex[:12]
-        self.backend = backend or make_backend(config.backend)
+        self.backend = backend or make_backend(config)
         self.registry = Registry(Path(config.state_dir) / "registry.sqlite")
         self.runner = CallRunner()
         self.pools: dict[str, Pool] = {}
         self._describe: dict[str, dict[str, Any]] = {}
         self._socket_root = Path(tempfile.mkdtemp(prefix="mlb-"))
+        self._socket_tmpfs = False
         self.started = time.time()
         self.calls_total = 0
         self.errors_total = 0
@@ -99,6 +105,8 @@ class Orchestrator:
         """
         check_environment(self.config)
         await self.backend.prepare(self.config.bridges)
+        if self.backend.name == "docker":
+            self._socket_tmpfs = sockets.mount_tmpfs(self._socket_root)
         reaped = await self.backend.reap(self.id)
         if reaped:
             log.warning("removed %d worker(s) left by an earlier orchestrator", reaped)
@@ -118,6 +126,8 @@ class Orchestrator:
         await asyncio.gather(*(p.stop() for p in self.pools.values()), return_exceptions=True)
         await self.backend.close()
         self.registry.close()
+        if self._socket_tmpfs:
+            sockets.unmount(self._socket_root)
         shutil.rmtree(self._socket_root, ignore_errors=True)
 
     # -- hooks the policy layer overrides ----------------------------------------

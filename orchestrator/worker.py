@@ -14,6 +14,7 @@ from runtimes.core.errors import Unavailable
 from runtimes.proto import runtime_pb2 as rpb
 from runtimes.proto import runtime_pb2_grpc as rpb_grpc
 
+from . import sockets
 from .backends.base import Backend, WorkerHandle
 from .session import Session
 
@@ -73,6 +74,7 @@ class Worker:
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
+            sockets.check_socket(self.handle.address)
             try:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

@@ -19,7 +19,7 @@ CI = os.environ.get("CI", "").lower() == "true"
 
 def make_config(tmp: Path, bridges: dict[str, Any] | None = None, **fields: Any) -> Config:
     """A config over the shipped default, with state in ``tmp`` and a free port."""
-    base = {"state_dir": str(tmp / "state"), "listen": "127.0.0.1:0"}
+    base = {"state_dir": str(tmp / "state"), "listen": "127.0.0.1:0", "backend": "process"}
     if bridges is not None:
         base["bridges"] = bridges
     base.update(fields)

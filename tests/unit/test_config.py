@@ -10,7 +10,8 @@ from runtimes.core.errors import ConfigError
 
 def test_default_config_loads() -> None:
     cfg = load_config(env={})
-    assert cfg.default_bridge == "mock" and cfg.backend == "process"
+    assert cfg.default_bridge == "mock" and cfg.backend == "docker"
+    assert {"mock", "custom", "dspy"} <= set(cfg.bridges)
     assert cfg.listen == "127.0.0.1:50051"
     assert cfg.bridges["mock"].pool_size >= 1
 

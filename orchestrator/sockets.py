@@ -1,0 +1,54 @@
+"""The host side of the control channel: where worker sockets live.
+
+Each worker's socket directory is the only host path bind-mounted into its
+container, and the worker can write there. With the docker backend the
+directories sit on a small tmpfs mounted ``noexec,nosuid,nodev``, so a worker
+can neither fill the host's disk nor leave an executable for the host. And a
+socket is trusted only if it is a real socket: a worker could replace it with
+a symlink to some other host socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from runtimes.core.errors import Unavailable
+
+log = logging.getLogger("mlbridge.sockets")
+
+TMPFS_OPTIONS = "size=16m,nr_inodes=4096,mode=0711,noexec,nosuid,nodev"
+
+
+def mount_tmpfs(root: Path) -> bool:
+    """Mount a capped tmpfs on ``root`` (root only); False, with a warning, when that fails."""
+    if os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", TMPFS_OPTIONS, "mlbridge-sockets", str(root)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        log.warning("could not mount a tmpfs for worker sockets at %s (%s); using the plain directory",
+                    root, r.stderr.strip())
+        return False
+    return True
+
+
+def unmount(root: Path) -> None:
+    subprocess.run(["umount", "-l", str(root)], capture_output=True)
+
+
+def check_socket(address: str) -> None:
+    """Refuse a ``unix://`` address whose path is not a real socket (e.g. a symlink)."""
+    if not address.startswith("unix://"):
+        return
+    path = address[len("unix://"):]
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # not created yet: the readiness probe keeps waiting
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Unavailable(f"worker socket {path} is not a socket (a symlink or file put there by the worker); "
+                          f"the worker is not trusted")
