@@ -40,6 +40,11 @@ def unmount(root: Path) -> None:
     subprocess.run(["umount", "-l", str(root)], capture_output=True)
 
 
+def socket_exists(address: str) -> bool:
+    """Whether the socket file of a ``unix://`` address exists (always True for TCP)."""
+    return not address.startswith("unix://") or os.path.lexists(address[len("unix://"):])
+
+
 def check_socket(address: str) -> None:
     """Refuse a ``unix://`` address whose path is not a real socket (e.g. a symlink)."""
     if not address.startswith("unix://"):

@@ -24,6 +24,11 @@ def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.enable_retries", 0),
+        # A worker's socket appears within milliseconds of its start; gRPC's
+        # default reconnect backoff (about 1 s) would idle the readiness probe.
+        ("grpc.initial_reconnect_backoff_ms", 20),
+        ("grpc.min_reconnect_backoff_ms", 20),
+        ("grpc.max_reconnect_backoff_ms", 250),
     ]
 
 
@@ -67,11 +72,18 @@ class Worker:
             Unavailable: the worker exited or did not become ready in time;
                 the message carries the tail of its log.
         """
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        # First wait for the socket file itself: dialling a missing socket
+        # would put the channel into reconnect backoff.
+        while not sockets.socket_exists(self.handle.address):
+            await self._check_alive(backend, deadline, timeout)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
         if self.channel is None:
             self.connect()
         assert self.channel is not None
         health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
             sockets.check_socket(self.handle.address)
@@ -85,20 +97,23 @@ class Worker:
                     return
             except grpc.aio.AioRpcError:
                 pass
-            info = await backend.exit_info(self.handle)
-            if info is not None:
-                self.state = "dead"
-                raise Unavailable(
-                    f"worker {self.id} of bridge {self.bridge!r} exited before it was ready: "
-                    f"{info.describe()}\n{backend.log_tail(self.handle)}"
-                )
-            if time.monotonic() >= deadline:
-                raise Unavailable(
-                    f"worker {self.id} of bridge {self.bridge!r} was not ready within {timeout:.0f}s\n"
-                    f"{backend.log_tail(self.handle)}"
-                )
+            await self._check_alive(backend, deadline, timeout)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.05)
+
+    async def _check_alive(self, backend: Backend, deadline: float, timeout: float) -> None:
+        info = await backend.exit_info(self.handle)
+        if info is not None:
+            self.state = "dead"
+            raise Unavailable(
+                f"worker {self.id} of bridge {self.bridge!r} exited before it was ready: "
+                f"{info.describe()}\n{backend.log_tail(self.handle)}"
+            )
+        if time.monotonic() >= deadline:
+            raise Unavailable(
+                f"worker {self.id} of bridge {self.bridge!r} was not ready within {timeout:.0f}s\n"
+                f"{backend.log_tail(self.handle)}"
+            )
 
     async def configure(self, tenant: str, secrets: dict[str, str]) -> None:
         assert self.stub is not None

@@ -9,6 +9,7 @@ killed orchestrator. Readiness (health over the socket) is the pool's job.
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,16 @@ from orchestrator.config import BridgeConfig
 
 LABEL_PREFIX = "io.mlbridge."
 SOCKET_NAME = "runtime.sock"
+
+
+@functools.cache
+def resolve_runtime(spec: str) -> str:
+    """``mock`` -> ``runtimes.mock:MockBridge`` via the host's entry points; unknown names pass through."""
+    if ":" in spec:
+        return spec
+    from runtimes.core.loader import installed_bridges
+
+    return installed_bridges().get(spec, spec)
 
 
 @dataclass
@@ -32,6 +43,11 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
     limits_override: dict[str, Any] = field(default_factory=dict)
     network: str | None = None
+
+    @property
+    def runtime(self) -> str:
+        """The bridge as an import string when the host knows the name (saves the worker a metadata scan)."""
+        return resolve_runtime(self.config.runtime)
 
     @property
     def labels(self) -> dict[str, str]:

@@ -103,7 +103,7 @@ def _environment(spec: WorkerSpec) -> dict[str, str]:
             if not _ENV_NAME.match(key) or "\0" in str(value):
                 raise ConfigError(f"invalid environment variable {key!r} for bridge {spec.bridge!r}")
             env[key] = str(value)
-    env["MLBRIDGE_BRIDGE"] = spec.config.runtime
+    env["MLBRIDGE_BRIDGE"] = spec.runtime
     env["MLBRIDGE_MAX_MESSAGE_BYTES"] = str(spec.max_message_bytes)
     # docker-init is PID 1; the image's tini below it must be a subreaper to reap orphans.
     env["TINI_SUBREAPER"] = "1"

@@ -54,7 +54,7 @@ class ProcessBackend(Backend):
         logfile = open(spec.socket_dir / "worker.log", "ab")  # noqa: SIM115 - owned by the process
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtimes.core", "--bridge", spec.config.runtime, "--socket", str(sock),
+                sys.executable, "-m", "runtimes.core", "--bridge", spec.runtime, "--socket", str(sock),
                 stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
                 start_new_session=True,
             )

@@ -9,7 +9,6 @@ point, or put its import string in the orchestrator's config.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 
 from .bridge import Bridge
 from .errors import BridgeNotFound
@@ -19,6 +18,8 @@ ENTRY_POINT_GROUP = "mlbridge.bridges"
 
 def installed_bridges() -> dict[str, str]:
     """Entry point name -> import string for every installed bridge."""
+    from importlib import metadata  # slow to import; only needed for names
+
     return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -143,7 +143,7 @@ def test_environment_merges_and_reserved_win(tmp_path: Path) -> None:
     assert kw["environment"] == {
         "A": "spec",
         "B": "config",
-        "MLBRIDGE_BRIDGE": "mock",
+        "MLBRIDGE_BRIDGE": "runtimes.mock:MockBridge",  # the name resolved on the host
         "MLBRIDGE_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
         "TINI_SUBREAPER": "1",
     }
@@ -151,6 +151,8 @@ def test_environment_merges_and_reserved_win(tmp_path: Path) -> None:
 
 def test_bridge_env_is_the_runtime_import_string(tmp_path: Path) -> None:
     spec = make_spec(tmp_path)
+    spec.config.runtime = "not-installed-on-host"
+    assert render_run_kwargs(spec, IMAGE)["environment"]["MLBRIDGE_BRIDGE"] == "not-installed-on-host"
     spec.config.runtime = "runtimes.mock:MockBridge"
     assert render_run_kwargs(spec, IMAGE)["environment"]["MLBRIDGE_BRIDGE"] == "runtimes.mock:MockBridge"
 
