@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ from runtimes.core.errors import InvalidArgument, MLBridgeError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Reply metadata the server sets on legacy (DSPex) commands; the value names the replacement.
+DEPRECATED_KEY = "mlbridge-deprecated"
 
 
 @dataclass
@@ -76,7 +79,10 @@ def timeout_ms(timeout: float | None) -> int:
     return int(timeout * 1000) if timeout else 0
 
 
-def result(reply: pb.CallReply) -> CallResult:
+def result(reply: pb.CallReply, stacklevel: int = 3) -> CallResult:
+    """Decode a reply; a deprecated command's reply also raises a DeprecationWarning."""
+    if reply.metadata.get(DEPRECATED_KEY):
+        warnings.warn(reply.metadata[DEPRECATED_KEY], DeprecationWarning, stacklevel=stacklevel)
     return CallResult(reply.call_id, loads(reply.result_json), dict(reply.attachments), dict(reply.metadata))
 
 

@@ -8,7 +8,7 @@ bridge's ``describe`` output.
 
 from __future__ import annotations
 
-from importlib import metadata
+from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
 
 from runtimes.core.errors import UnknownCommand
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .sync import MLBridge
 
 ADAPTER_GROUP = "mlbridge.adapters"
+# Adapters shipped with mlbridge, by the bridge's own name (an entry point of the same name wins).
+BUILTIN: dict[str, str] = {"dspy": "orchestrator.client.dspy_adapter:DSPyAdapter"}
 
 
 class Adapter:
@@ -59,4 +61,8 @@ def adapter_for(client: MLBridge, bridge: str, description: dict[str, Any]) -> A
         if ep.name == bridge:
             cls = ep.load()
             return cls(client, bridge, description)
+    target = BUILTIN.get(str(description.get("bridge") or bridge))
+    if target is not None:
+        module, _, name = target.partition(":")
+        return getattr(import_module(module), name)(client, bridge, description)  # type: ignore[no-any-return]
     return Adapter(client, bridge, description)

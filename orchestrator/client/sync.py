@@ -127,7 +127,8 @@ class MLBridge:
         req = pb.CallRequest(bridge=bridge, command=command, args_json=c.dumps(args, "args"),
                              attachments=attachments or {}, call_id=c.call_id(call_id),
                              timeout_ms=c.timeout_ms(timeout))
-        return c.result(self._unary(self._stub.Call, req, timeout))
+        # stacklevel 4: a DeprecationWarning points at the caller of call() (call_detailed is one deeper).
+        return c.result(self._unary(self._stub.Call, req, timeout), stacklevel=4)
 
     def call_stream(self, bridge: str, command: str, args: dict[str, Any] | None = None, *,
                     call_id: str | None = None, timeout: float | None = None) -> Iterator[c.Event]:

@@ -2,12 +2,17 @@
 
 Resource types (see :mod:`runtimes.dspy.resources`): ``signature``, ``lm``,
 ``program``, ``dataset``, ``optimization``. Commands: ``dspy:configure_lm``,
-``dspy:reset``, ``dspy:stats``. Streaming is described in
-:mod:`runtimes.dspy.programs`.
+``dspy:reset``, ``dspy:stats``, ``dspy:set_secret``. Streaming is described
+in :mod:`runtimes.dspy.programs`.
 
 API keys arrive as tenant secrets through :meth:`Bridge.configure`; an LM
-config names the secret it uses. Keys never appear in a result, an info
-summary, an error or a log record (:mod:`runtimes.dspy.redaction`).
+config names the secret it uses. A client holding its own key (the DSPex
+``configure_lm {api_key}`` path) hands it to its worker with
+``dspy:set_secret``: the value travels as an attachment, never in JSON
+arguments, and lives only in this worker's memory, so it is never stored in
+a resource spec and is gone when the worker is. Keys never appear in a
+result, an info summary, an error or a log record
+(:mod:`runtimes.dspy.redaction`).
 
 ``import dspy`` happens in :meth:`DSPyBridge.setup` and in hooks, never at
 import time, so describing this bridge stays fast.
@@ -15,6 +20,7 @@ import time, so describing this bridge stays fast.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, TypeVar
@@ -26,6 +32,7 @@ from runtimes.core.errors import (
     FrameworkError,
     InternalError,
     MLBridgeError,
+    PermissionDenied,
     flatten_exception,
 )
 
@@ -48,6 +55,14 @@ _CONFIGURE_LM_SCHEMA: dict[str, Any] = {
         "lm": {"type": "string", "description": "an lm resource id, instead of a config"},
     },
 }
+_SET_SECRET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "description": "secret name, e.g. DSPEX_API_KEY"}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+_SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+MAX_SECRET_BYTES = 8192
 # Longest framework error message passed on (provider errors can be pages long).
 MAX_ERROR_CHARS = 4000
 
@@ -67,6 +82,7 @@ class DSPyBridge(Bridge):
         self.default_lm: Any = None
         self.default_lm_info: dict[str, Any] | None = None
         self._counts: dict[str, int] = {"executions": 0, "optimizations": 0}
+        self._client_secrets: set[str] = set()
         self._lock = threading.Lock()
 
     # -- hooks ------------------------------------------------------------
@@ -167,3 +183,24 @@ class DSPyBridge(Bridge):
              inline=True)
     def dspy_stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.stats()
+
+    @command("set_secret", description="Keep a secret in this worker's memory for LM configs to name "
+             "(value in the attachment 'value', never in args)", schema=_SET_SECRET_SCHEMA, inline=True)
+    def set_secret(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        name = args["name"]
+        if not _SECRET_NAME.match(name):
+            raise InvalidArgument(f"secret name {name!r} must match {_SECRET_NAME.pattern}")
+        raw = ctx.attachments.get("value", b"")
+        if not raw or len(raw) > MAX_SECRET_BYTES:
+            raise InvalidArgument(f"set_secret needs the value as attachment 'value' (1 to {MAX_SECRET_BYTES} bytes)")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("the secret value must be UTF-8 text") from None
+        with self._lock:
+            if name in self.secrets and name not in self._client_secrets:
+                raise PermissionDenied(f"secret {name!r} is given to this tenant by the operator; "
+                                       f"it cannot be replaced from a call")
+            self.secrets[name] = value  # redaction reads self.secrets, so this value is masked from now on
+            self._client_secrets.add(name)
+        return {"name": name, "set": True}

@@ -7,6 +7,7 @@ resolved when the referring resource is created.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -213,6 +214,9 @@ class OptimizationResource(DSPyResource):
         self.runs.append(new_id)
         self.bridge.count("optimizations")
         demos = new.info()["demos"]
+        # Tell the orchestrator about the new program so it records (and can re-create) it.
+        ctx.metadata["mlbridge-created-resources"] = json.dumps(
+            [{"resource_id": new_id, "type": ProgramResource.type_name, "config": config, "info": new.info()}])
         ctx.progress(len(trainset), len(trainset), f"compiled {new_id} with {sum(demos.values())} demo(s)")
         for name, count in demos.items():
             yield {"type": "demos", "predictor": name, "count": count}

@@ -1,0 +1,252 @@
+"""``mlbridge port`` as a subprocess, fed real DSPex frames, against a real server.
+
+Every frame is written as DSPex's Elixir side wrote it: ``struct.pack(">I",
+len(body)) + body``; every reply is read back the same way, and a reader
+thread fails the test if stdout ever carries anything that is not a frame.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("dspy")
+
+from orchestrator.compat.dspex import API_KEY_SECRET  # noqa: E402
+from tests.harness import ServerThread  # noqa: E402
+from tests.unit.test_dspex_compat import BACKENDS, KEY, QA, TENANT, make_server  # noqa: E402
+
+WAIT_S = 90
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    mock = {"mock": {"runtime": "mock", "pool_size": 1}}
+    with make_server(tmp_path_factory.mktemp("port"), request.param, extra_bridges=mock) as s:
+        yield s
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def request(rid: Any, command: str, args: dict[str, Any] | None = None) -> bytes:
+    return frame(json.dumps({"id": rid, "command": command, "args": args or {}}).encode())
+
+
+class PortProcess:
+    """``python -m orchestrator.cli --address ADDR port``, with a strict frame reader on its stdout."""
+
+    def __init__(self, address: str, stderr_path: Path, *extra: str) -> None:
+        self.stderr_path = stderr_path
+        self._stderr = stderr_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "--address", address, "port", *extra],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.garbage: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        out = self.proc.stdout
+        assert out is not None
+        while True:
+            header = out.read(4)
+            if len(header) < 4:
+                if header:
+                    self.garbage.append(header)
+                break
+            (length,) = struct.unpack(">I", header)
+            body = out.read(length)
+            try:
+                reply = json.loads(body)
+                assert isinstance(reply, dict) and {"id", "success", "timestamp"} <= set(reply)
+            except (ValueError, AssertionError):
+                self.garbage.append(header + body)
+                break
+            self.replies.put(reply)
+        self.replies.put(None)
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def reply(self) -> dict[str, Any]:
+        got = self.replies.get(timeout=WAIT_S)
+        assert got is not None, f"the port closed stdout; stderr: {self.stderr()}"
+        return got
+
+    def call(self, rid: Any, command: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.send(request(rid, command, args))
+        got = self.reply()
+        assert got["id"] == rid, got
+        return got
+
+    def ok(self, rid: Any, command: str, args: dict[str, Any] | None = None, *, legacy: bool = True) -> Any:
+        got = self.call(rid, command, args)
+        assert got["success"] is True, got
+        if legacy:
+            assert got["deprecated"].startswith(f"{command} is deprecated; use "), got
+        else:
+            assert "deprecated" not in got
+        return got["result"]
+
+    def finish(self, close_stdin: bool = True) -> int:
+        if close_stdin and self.proc.stdin is not None:
+            self.proc.stdin.close()
+        code = self.proc.wait(WAIT_S)
+        self._reader.join(WAIT_S)
+        self._stderr.close()
+        assert not self.garbage, f"stdout carried bytes that are not reply frames: {self.garbage!r}"
+        return code
+
+    def rest(self) -> list[dict[str, Any]]:
+        """Replies not read yet (after :meth:`finish`)."""
+        out = []
+        while (item := self.replies.get(timeout=5)) is not None:
+            out.append(item)
+        return out
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self._stderr.closed:
+            self._stderr.close()
+
+
+@pytest.fixture()
+def port(srv: ServerThread, tmp_path: Path) -> Iterator[PortProcess]:
+    p = PortProcess(srv.target, tmp_path / "port.stderr")
+    try:
+        yield p
+    finally:
+        p.kill()
+
+
+def test_dspex_script_over_the_port(srv: ServerThread, port: PortProcess) -> None:
+    port.ok(1, "reset_state")
+    pong = port.ok(2, "ping")
+    assert pong["status"] == "ok" and pong["dspy_available"] is True
+    cfg = port.ok(3, "configure_lm", {"model": "dummy", "provider": "dummy", "api_key": KEY, "temperature": 0.2,
+                                      "answers": [{"answer": "4"}, {"answer": "Paris"}]})
+    assert cfg == {"status": "configured", "model": "dummy", "provider": "dummy", "temperature": 0.2}
+    created = port.ok(4, "create_program", {"id": "port-qa", "signature": QA, "program_type": "predict"})
+    assert created == {"program_id": "port-qa", "status": "created", "signature": QA, "program_type": "predict"}
+    out = port.ok(5, "execute_program", {"program_id": "port-qa", "inputs": {"question": "2+2?"}})
+    assert out["program_id"] == "port-qa" and out["outputs"] == {"answer": "4"}
+    listed = port.ok(6, "list_programs")
+    assert listed["total_count"] == 1 and listed["programs"][0]["id"] == "port-qa"
+    assert listed["programs"][0]["execution_count"] == 1
+    info = port.ok("seven", "get_program_info", {"program_id": "port-qa"})  # string ids work too
+    assert info["signature"] == QA and info["execution_count"] == 1
+    stats = port.ok(8, "get_stats")
+    assert stats["programs_count"] == 1 and stats["command_count"] == 7
+    assert stats["dspy"]["default_lm"]["api_key_secret"] == API_KEY_SECRET
+    # Namespaced commands go through as they are, without a deprecation.
+    assert port.ok(9, "dspy:stats", legacy=False)["executions"] >= 1
+    assert port.ok(10, "common:ping", legacy=False)["pong"] is True
+    assert port.ok(11, "mock:echo", {"x": [1, 2]}, legacy=False) == {"x": [1, 2]}
+    assert port.ok(12, "delete_program", {"program_id": "port-qa"}) == {"program_id": "port-qa",
+                                                                          "status": "deleted"}
+    missing = port.call(13, "get_program_info", {"program_id": "port-qa"})
+    assert missing["success"] is False and missing["error_code"] == "NOT_FOUND" and "port-qa" in missing["error"]
+    reset = port.ok(14, "reset_state")
+    assert reset["status"] == "reset" and reset["commands_reset"] == 10 and reset["errors_reset"] == 1
+    assert port.finish() == 0
+    texts = [json.dumps(x) for x in (pong, cfg, created, out, listed, info, stats)] + [port.stderr()]
+    assert not [t for t in texts if KEY in t]
+    for rec in srv.orch.registry.list(TENANT):
+        assert KEY.encode() not in rec.config + rec.info
+    assert "configure_lm is deprecated" in port.stderr()  # the operator sees the deprecation once
+
+
+def test_malformed_frames_get_error_replies_and_the_port_goes_on(port: PortProcess) -> None:
+    cases: list[tuple[bytes, Any, str]] = [
+        (frame(b'{"id": 1, "command": "ping", '), None, "not UTF-8 JSON"),
+        (frame(b"\xff\xfe{}"), None, "not UTF-8 JSON"),
+        (frame(b"[1, 2, 3]"), None, "must be a JSON object"),
+        (frame(b'"ping"'), None, "must be a JSON object"),
+        (frame(b'{"command": "ping"}'), None, "needs an 'id'"),
+        (frame(b'{"id": [1], "command": "ping"}'), None, "needs an 'id'"),
+        (frame(b'{"id": 21}'), 21, "needs a 'command'"),
+        (frame(b'{"id": 22, "command": ""}'), 22, "needs a 'command'"),
+        (frame(b'{"id": 23, "command": "ping", "args": [1]}'), 23, "'args' must be a JSON object"),
+        (frame(b""), None, "not UTF-8 JSON"),
+    ]
+    for data, rid, needle in cases:
+        port.send(data)
+        got = port.reply()
+        assert got["id"] == rid and got["success"] is False and got["error_code"] == "INVALID_ARGUMENT", got
+        assert needle in got["error"], got
+    unknown = port.call(30, "no_such_command")
+    assert unknown["success"] is False and unknown["error_code"] == "UNKNOWN_COMMAND"
+    unknown_ns = port.call(31, "dspy:no_such_op")
+    assert unknown_ns["success"] is False and unknown_ns["error_code"] == "UNKNOWN_COMMAND"
+    assert port.ok(32, "ping")["status"] == "ok"  # still serving
+    assert port.finish() == 0
+
+
+def test_requests_run_concurrently_and_replies_match_by_id(port: PortProcess) -> None:
+    port.send(request(1, "mock:sleep", {"seconds": 1.5}) + request(2, "mock:echo", {"n": 2})
+              + request(3, "ping"))
+    started = time.monotonic()
+    first, second, third = port.reply(), port.reply(), port.reply()
+    assert {first["id"], second["id"]} == {2, 3}  # answered while the sleep still runs
+    assert third["id"] == 1 and third["success"] is True and time.monotonic() - started < 30
+    assert (first if first["id"] == 2 else second)["result"] == {"n": 2}
+    assert port.finish() == 0
+
+
+def test_oversized_length_prefix_gets_an_error_and_closes(port: PortProcess) -> None:
+    port.send(request(1, "mock:sleep", {"seconds": 0.5}) + struct.pack(">I", 16 * 1024 * 1024 + 1) + b"xx")
+    code = port.finish(close_stdin=False)  # the port closes by itself
+    replies = port.rest()
+    assert code == 2
+    too_big = [r for r in replies if r["id"] is None]
+    assert len(too_big) == 1 and too_big[0]["error_code"] == "PAYLOAD_TOO_LARGE"
+    assert "over the port's cap of 16777216 bytes" in too_big[0]["error"]
+    # The request in flight when the bad frame came was still answered.
+    assert [r["success"] for r in replies if r["id"] == 1] == [True]
+
+
+def test_max_frame_bytes_is_configurable(srv: ServerThread, tmp_path: Path) -> None:
+    p = PortProcess(srv.target, tmp_path / "err", "--max-frame-bytes", "64")
+    try:
+        assert p.ok(1, "ping")["status"] == "ok"
+        p.send(request(2, "mock:echo", {"pad": "x" * 100}))
+        assert p.finish(close_stdin=False) == 2
+        (reply,) = p.rest()
+        assert reply["id"] is None and "cap of 64 bytes" in reply["error"]
+    finally:
+        p.kill()
+
+
+@pytest.mark.parametrize("tail", [b"\x00\x00", struct.pack(">I", 100) + b'{"id": 1, "com'],
+                         ids=["cut-header", "cut-body"])
+def test_truncated_frame_at_eof_exits_cleanly(port: PortProcess, tail: bytes) -> None:
+    assert port.ok(1, "ping")["status"] == "ok"
+    port.send(tail)
+    assert port.finish() == 0
+    assert port.rest() == []
+    assert "input ended inside a frame" in port.stderr()
+
+
+def test_clean_exit_on_eof(port: PortProcess) -> None:
+    assert port.finish() == 0
+    assert port.rest() == []
+    assert "Traceback" not in port.stderr()
