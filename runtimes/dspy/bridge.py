@@ -20,12 +20,14 @@ import time, so describing this bridge stays fast.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from typing import Any, TypeVar
 
 from runtimes.core import Bridge, CallContext, InvalidArgument, NotFound, Resource, command
+from runtimes.core import metadata as meta
 from runtimes.core.errors import (
     AlreadyExists,
     ConfigError,
@@ -159,6 +161,8 @@ class DSPyBridge(Bridge):
         else:
             spec = LMSpec(args)
             lm, info = spec.build(self.secrets), spec.info()
+            # An inline default LM follows the tenant onto replacement workers.
+            ctx.metadata[meta.REPLAY_KEY] = "dspy:default-lm"
         with self._lock:
             self.default_lm, self.default_lm_info = lm, info
         return {"default_lm": info}
@@ -177,6 +181,9 @@ class DSPyBridge(Bridge):
         with self._lock:
             had_lm = self.default_lm is not None
             self.default_lm, self.default_lm_info = None, None
+        # Tell the orchestrator: these specs are gone, and nothing is to be replayed.
+        ctx.metadata[meta.DELETED_RESOURCES] = json.dumps([d["resource_id"] for d in deleted])
+        ctx.metadata[meta.REPLAY_CLEAR] = "1"
         return {"deleted": deleted, "default_lm_cleared": had_lm}
 
     @command("stats", description="Default LM, resources by type, executions and optimizations",

@@ -379,3 +379,19 @@ def test_legacy_commands_obey_tenancy_and_policy(tmp_path_factory: pytest.TempPa
         assert ("alice", "CreateResource", "same-name") in steps and ("bob", "CreateResource", "same-name") in steps
         assert any(r.get("tenant") == "carol" and r.get("outcome") == "denied" for r in audit)
         assert KEY not in (tmp / "audit.jsonl").read_text()
+
+
+def test_dspy_reset_drops_registry_specs_and_replays(tmp_path) -> None:
+    """dspy:reset deletes resources in the worker; the orchestrator forgets their specs too."""
+    from orchestrator import MLBridge
+    from tests.harness import ServerThread, make_config
+
+    cfg = make_config(tmp_path, default_bridge="dspy", bridges={"dspy": {"runtime": "dspy", "pool_size": 1}})
+    with ServerThread(cfg) as srv, MLBridge.connect(srv.target) as mb:
+        mb.call("dspy", "dspy:configure_lm", {"provider": "dummy", "model": "d", "answers": [{"answer": "x"}]})
+        sig = mb.create_resource("dspy", "signature", {"signature": "q -> answer"})
+        assert srv.orch.registry.replays("default", "dspy")
+        out = mb.call("dspy", "dspy:reset")
+        assert sig in [d["resource_id"] for d in out["deleted"]]
+        assert mb.list_resources("dspy") == []
+        assert srv.orch.registry.replays("default", "dspy") == []
