@@ -83,11 +83,10 @@ def served_orchestrator(backend: str = "process", extra_env: dict[str, str] | No
     """`mlbridge serve` in its own process, yielding its address once it serves."""
     port = free_port()
     env = {**os.environ, **(extra_env or {})}
-    if state_dir:
-        env["MLBRIDGE_STATE_DIR"] = state_dir
     env.setdefault("MLBRIDGE_LOG_LEVEL", "WARNING")
+    extra = ["--state-dir", state_dir] if state_dir else []
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--backend", backend,
-                             "--listen", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
+                             "--listen", f"127.0.0.1:{port}", *extra], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None

@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("MLBRIDGE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, listen=args.listen, backend=args.backend, policy=args.policy,
-                      audit_log=args.audit_log)
+                      audit_log=args.audit_log, state_dir=args.state_dir)
 
     def ready(server: Any) -> None:
         print(f"mlbridge: serving {', '.join(sorted(cfg.bridges))} on {server.target} "
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["process", "docker"], help="worker backend (default from config)")
     s.add_argument("--policy", help="policy file (tenants, tokens, rules, quotas)")
     s.add_argument("--audit-log", help="append-only audit log file")
+    s.add_argument("--state-dir", help="where the resource registry lives (default from config)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("call", help="call a namespaced command and print its JSON result")

@@ -44,14 +44,12 @@ def state_dir() -> Path:
     """mlbridge's state directory: ``MLBRIDGE_STATE_DIR``, else a per-user default.
 
     The default is ``/var/lib/mlbridge`` for root and ``~/.local/state/mlbridge``
-    otherwise. The directory is not created here.
+    otherwise (the same rule as the orchestrator's ``state_dir``). The
+    directory is not created here.
     """
-    env = os.environ.get("MLBRIDGE_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/mlbridge")
-    return Path.home() / ".local" / "state" / "mlbridge"
+    from orchestrator.config import default_state_dir
+
+    return default_state_dir()
 
 
 def build_dir(name: str) -> Path:
