@@ -75,6 +75,21 @@ def call_id(given: str | None) -> str:
     return given or uuid.uuid4().hex
 
 
+# The server enforces a call's deadline (sent as timeout_ms) and answers with
+# the specific error; the transport deadline only guards against a server
+# that never answers, so it runs this much longer.
+TRANSPORT_SLACK_S = 5.0
+
+
+def transport_deadline(request: Any, timeout: float | None) -> float | None:
+    """Put ``timeout`` in the request (when it has a timeout_ms field) and return the transport deadline."""
+    if not timeout:
+        return None
+    if hasattr(request, "timeout_ms") and not request.timeout_ms:
+        request.timeout_ms = int(timeout * 1000)
+    return timeout + TRANSPORT_SLACK_S
+
+
 def timeout_ms(timeout: float | None) -> int:
     return int(timeout * 1000) if timeout else 0
 

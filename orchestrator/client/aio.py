@@ -38,13 +38,15 @@ class AsyncMLBridge:
 
     async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await method(request, metadata=self._md, timeout=timeout or self.timeout)
+            return await method(request, metadata=self._md,
+                              timeout=c.transport_deadline(request, timeout or self.timeout))
         except grpc.RpcError as exc:
             raise c.translate(exc) from None
 
     async def _stream(self, method: Any, request: Any, timeout: float | None) -> AsyncIterator[c.Event]:
         try:
-            async for ev in method(request, metadata=self._md, timeout=timeout or self.timeout):
+            async for ev in method(request, metadata=self._md,
+                                  timeout=c.transport_deadline(request, timeout or self.timeout)):
                 yield c.event(ev)
         except grpc.RpcError as exc:
             raise c.translate(exc) from None

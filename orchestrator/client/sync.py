@@ -56,13 +56,15 @@ class MLBridge:
 
     def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return method(request, metadata=self._md, timeout=timeout or self.timeout)
+            return method(request, metadata=self._md,
+                              timeout=c.transport_deadline(request, timeout or self.timeout))
         except grpc.RpcError as exc:
             raise c.translate(exc) from None
 
     def _stream(self, method: Any, request: Any, timeout: float | None) -> Iterator[c.Event]:
         try:
-            for ev in method(request, metadata=self._md, timeout=timeout or self.timeout):
+            for ev in method(request, metadata=self._md,
+                                  timeout=c.transport_deadline(request, timeout or self.timeout)):
                 yield c.event(ev)
         except grpc.RpcError as exc:
             raise c.translate(exc) from None

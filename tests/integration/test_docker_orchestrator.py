@@ -1,0 +1,155 @@
+"""The orchestrator serving from hardened containers (docker backend), through the public API."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from orchestrator import DeadlineExceeded, MLBridge
+from orchestrator.service import Orchestrator
+from runtimes.core.errors import ConfigError, ImageMismatch, OutOfMemory, WorkerDied
+from tests.harness import ServerThread, make_config
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+BRIDGES = {
+    "mock": {"runtime": "mock", "pool_size": 2, "cancel_grace_s": 1.0,
+             "limits": {"cpus": 0.5, "memory": "128m", "pids": 64, "tmpfs_size": "8m", "nofile": 128}},
+}
+
+
+@pytest.fixture(scope="module")
+def dk():
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory):
+    cfg = make_config(tmp_path_factory.mktemp("dorch"), backend="docker", bridges=BRIDGES)
+    with ServerThread(cfg) as s:
+        yield s
+
+
+def ours(dk: docker.DockerClient, srv: ServerThread) -> list:
+    return dk.containers.list(filters={"label": f"io.mlbridge.orchestrator={srv.orch.id}"})
+
+
+def test_serves_from_hardened_containers(srv: ServerThread, dk: docker.DockerClient) -> None:
+    with MLBridge.connect(srv.target) as mb:
+        assert mb.call("mock", "mock:echo", {"x": 1}) == {"x": 1}
+        assert mb.list_bridges()[0]["backend"] == "docker"
+    containers = ours(dk, srv)
+    assert len(containers) >= 2
+    for c in containers:
+        a = c.attrs
+        host = a["HostConfig"]
+        assert a["Config"]["User"] == "10001:10001"
+        assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert not any("unconfined" in o for o in host["SecurityOpt"])
+        assert host["ReadonlyRootfs"] is True and host["Privileged"] is False
+        assert host["NetworkMode"] == "none"
+        assert host["Memory"] == 128 * 1024 * 1024 == host["MemorySwap"]
+        assert host["PidsLimit"] == 64 and host["NanoCpus"] == 500_000_000
+        assert "noexec" in host["Tmpfs"]["/tmp"] and "size=8388608" in host["Tmpfs"]["/tmp"]
+        assert host["IpcMode"] == "private" and host["Init"] is True
+        assert [m["Destination"] for m in a["Mounts"]] == ["/run/mlbridge"]
+        labels = a["Config"]["Labels"]
+        assert labels["io.mlbridge.orchestrator"] == srv.orch.id and labels["io.mlbridge.bridge"] == "mock"
+        assert labels["io.mlbridge.worker"] in srv.orch.pools["mock"].workers
+
+
+def test_out_of_memory_is_reported_and_the_worker_replaced(srv: ServerThread) -> None:
+    pool = srv.orch.pools["mock"]
+    with MLBridge.connect(srv.target) as mb:
+        mb.call("mock", "mock:echo", {})
+        before = {w.id for w in pool.claimed("default")}
+        with pytest.raises(OutOfMemory) as info:
+            mb.call("mock", "mock:allocate", {"mb": 400})
+        assert "out of memory (limit 128 MiB)" in str(info.value)
+        assert info.value.details["oom_killed"] is True
+        # Other workers and the orchestrator keep serving; the dead worker is gone.
+        assert mb.call("mock", "mock:echo", {"after": 1}) == {"after": 1}
+        after = {w.id for w in pool.claimed("default")}
+        assert not (before & after)
+
+
+def test_killed_container_mid_call(srv: ServerThread, dk: docker.DockerClient) -> None:
+    with MLBridge.connect(srv.target) as mb:
+        mb.call("mock", "mock:echo", {})
+        worker = srv.orch.pools["mock"].claimed("default")[0]
+        call_id = uuid.uuid4().hex
+        box: dict[str, BaseException] = {}
+
+        def run() -> None:
+            try:
+                mb.call("mock", "mock:sleep", {"seconds": 20}, call_id=call_id)
+            except BaseException as exc:  # noqa: BLE001
+                box["exc"] = exc
+
+        t = threading.Thread(target=run)
+        t.start()
+        while call_id not in srv.orch.runner.inflight:
+            time.sleep(0.01)
+        dk.containers.get(worker.handle.ref).kill()
+        t.join(20)
+        assert isinstance(box.get("exc"), WorkerDied) and not isinstance(box["exc"], OutOfMemory)
+        assert "exited with code 137" in str(box["exc"]) or "SIGKILL" in str(box["exc"])
+        assert mb.call("mock", "mock:echo", {"ok": True}) == {"ok": True}
+
+
+def test_deadline_kills_a_worker_that_does_not_stop(srv: ServerThread) -> None:
+    pool = srv.orch.pools["mock"]
+    with MLBridge.connect(srv.target) as mb:
+        mb.call("mock", "mock:echo", {})
+        before = {w.id for w in pool.claimed("default")}
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as info:
+            mb.call("mock", "mock:spin", {"seconds": 30}, timeout=1.0)
+        assert time.monotonic() - started < 6
+        assert info.value.details.get("worker_replaced") is True
+        assert mb.call("mock", "mock:echo", {"x": 2}) == {"x": 2}
+        assert not (before & {w.id for w in pool.claimed("default")})
+
+
+def test_reaper_removes_what_a_killed_orchestrator_left(tmp_path: Path, dk: docker.DockerClient) -> None:
+    cfg = make_config(tmp_path, backend="docker", bridges={"mock": {"runtime": "mock", "pool_size": 0}})
+    orch = Orchestrator(cfg)
+    scope = orch.backend._scope_labels  # the deployment's scope label
+    leftover = dk.containers.run("mlbridge/mock:0.1.0", ["sleep", "60"], entrypoint=[], detach=True,
+                                 network_mode="none", labels={"io.mlbridge.orchestrator": "dead-one",
+                                                              "io.mlbridge.bridge": "mock",
+                                                              "io.mlbridge.worker": "w", **scope})
+    try:
+        with ServerThread(cfg, orch=orch):
+            with pytest.raises(docker.errors.NotFound):
+                dk.containers.get(leftover.id)
+    finally:
+        try:
+            leftover.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def test_refuses_an_image_whose_id_differs(tmp_path: Path, dk: docker.DockerClient) -> None:
+    image = dk.images.get("mlbridge/mock:0.1.0")
+    other = dk.images.get("mlbridge/base:0.1.0")
+    assert other.id != image.id
+    other.tag("mlbridge/mock", "0.1.0")  # someone retags the image behind mlbridge's back
+    try:
+        cfg = make_config(tmp_path, backend="docker", bridges={"mock": {"runtime": "mock", "pool_size": 1}})
+        with pytest.raises(ConfigError) as info:
+            with ServerThread(cfg):
+                pass
+        assert isinstance(info.value, ImageMismatch) or "differ" in str(info.value) or "mlbridge built" in str(info.value)
+        assert "mlbridge images build mock" in str(info.value)
+    finally:
+        image.tag("mlbridge/mock", "0.1.0")
+    assert dk.images.get("mlbridge/mock:0.1.0").id == image.id
