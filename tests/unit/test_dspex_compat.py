@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dspy as _dspy_required  # noqa: F401  (a hard requirement: missing setup fails, never skips)
 import pytest
-
-pytest.importorskip("dspy")
 
 from orchestrator import AsyncMLBridge, InvalidArgument, MLBridge, NotFound, PermissionDenied  # noqa: E402
 from orchestrator.client.dspy_adapter import DSPyAdapter  # noqa: E402
@@ -222,10 +221,22 @@ def provider() -> Iterator[tuple[str, list[str]]]:
         thread.join(5)
 
 
-def test_api_key_reaches_the_provider_and_nothing_else(srv: ServerThread, mb: MLBridge,
+@pytest.fixture(scope="module")
+def process_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A process-backend server: only a process worker can reach the provider stub on the host's
+    loopback (docker workers have no network at all)."""
+    with make_server(tmp_path_factory.mktemp("dspex-key"), "process") as s:
+        yield s
+
+
+def test_api_key_reaches_the_provider_and_nothing_else(process_srv: ServerThread,
                                                        provider: tuple[str, list[str]]) -> None:
-    if srv.config.backend != "process":
-        pytest.skip("the provider stub listens on the host's loopback, which only process workers reach")
+    srv = process_srv
+    with MLBridge.connect(srv.target, timeout=120) as mb:
+        _key_flow(srv, mb, provider)
+
+
+def _key_flow(srv: ServerThread, mb: MLBridge, provider: tuple[str, list[str]]) -> None:
     url, tokens = provider
     cfg = legacy(mb, "configure_lm", {"model": "gpt-4o-mini", "provider": "openai", "api_key": KEY,
                                       "temperature": 0.0, "api_base": url, "num_retries": 0, "cache": False})

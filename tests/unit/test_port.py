@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dspy as _dspy_required  # noqa: F401  (a hard requirement: missing setup fails, never skips)
 import pytest
-
-pytest.importorskip("dspy")
 
 from orchestrator.compat.dspex import API_KEY_SECRET  # noqa: E402
 from tests.harness import ServerThread  # noqa: E402
