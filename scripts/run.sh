@@ -8,8 +8,17 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 ADDRESS="${MLBRIDGE_ADDRESS:-127.0.0.1:50051}"
 
-scripts/docker-engine.sh up
-trap 'kill "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; scripts/docker-engine.sh down' EXIT
+SERVE_PID=""
+STARTED_ENGINE=0
+if ! docker info >/dev/null 2>&1; then
+    scripts/docker-engine.sh up
+    STARTED_ENGINE=1
+fi
+cleanup() {
+    if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; fi
+    if [ "$STARTED_ENGINE" = 1 ]; then scripts/docker-engine.sh down; fi
+}
+trap cleanup EXIT
 
 "$PY" -m orchestrator.cli images build
 "$PY" -m orchestrator.cli serve --backend docker --listen "$ADDRESS" &
