@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from benchmarks._common import machine, percentiles
-from orchestrator.backends.base import Backend, WorkerSpec
+from orchestrator.backends.base import Backend
 from orchestrator.backends.docker import DockerBackend
 from orchestrator.backends.process import ProcessBackend
 from orchestrator.config import BridgeConfig
