@@ -45,3 +45,11 @@ def test_unknown_bridge_fails_startup_with_a_clear_message(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"no bridge named 'ghost' in entry point group 'mlbridge.bridges'"):
         with ServerThread(cfg):
             pass
+
+
+def test_serves_on_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "mlbridge.sock"
+    cfg = make_config(tmp_path, listen=f"unix://{sock}", bridges={"mock": {"runtime": "mock", "pool_size": 1}})
+    with ServerThread(cfg) as srv, MLBridge.connect(srv.target) as mb:
+        assert srv.target == f"unix://{sock}" and sock.is_socket()
+        assert mb.call("mock", "mock:echo", {"via": "unix"}) == {"via": "unix"}
