@@ -20,7 +20,8 @@ _EXTENSIONS = ("orchestrator.images.cli", "orchestrator.policy.cli", "orchestrat
 
 
 def _client(args: argparse.Namespace) -> MLBridge:
-    return MLBridge.connect(args.address, token=args.token, timeout=args.timeout)
+    return MLBridge.connect(args.address, token=args.token, timeout=args.timeout, tls_ca=args.tls_ca,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -29,8 +30,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=os.environ.get("MLBRIDGE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = None
+    if args.serve_tls_cert or args.serve_tls_key:
+        tls = {"cert": args.serve_tls_cert, "key": args.serve_tls_key, "client_ca": args.serve_tls_client_ca}
     cfg = load_config(args.config, listen=args.listen, backend=args.backend, policy=args.policy,
-                      audit_log=args.audit_log, state_dir=args.state_dir)
+                      audit_log=args.audit_log, state_dir=args.state_dir, tls=tls)
 
     def ready(server: Any) -> None:
         print(f"mlbridge: serving {', '.join(sorted(cfg.bridges))} on {server.target} "
@@ -177,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="orchestrator address, host:port or unix:///path (env MLBRIDGE_ADDRESS)")
     p.add_argument("--token", default=os.environ.get("MLBRIDGE_TOKEN"), help="bearer token (env MLBRIDGE_TOKEN)")
     p.add_argument("--timeout", type=float, default=None, help="per-call timeout in seconds")
+    p.add_argument("--tls-ca", default=os.environ.get("MLBRIDGE_TLS_CA"), help="CA bundle to verify the server (TLS)")
+    p.add_argument("--tls-cert", default=os.environ.get("MLBRIDGE_TLS_CERT"), help="client certificate (mTLS)")
+    p.add_argument("--tls-key", default=os.environ.get("MLBRIDGE_TLS_KEY"), help="client key (mTLS)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the orchestrator")
@@ -186,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", help="policy file (tenants, tokens, rules, quotas)")
     s.add_argument("--audit-log", help="append-only audit log file")
     s.add_argument("--state-dir", help="where the resource registry lives (default from config)")
+    s.add_argument("--tls-cert", dest="serve_tls_cert", help="server certificate (PEM): serve over TLS")
+    s.add_argument("--tls-key", dest="serve_tls_key", help="server key (PEM)")
+    s.add_argument("--tls-client-ca", dest="serve_tls_client_ca", help="require client certificates from this CA (mTLS)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("call", help="call a namespaced command and print its JSON result")

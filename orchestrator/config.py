@@ -75,6 +75,16 @@ class Limits(BaseModel):
         return parse_size(self.memory)
 
 
+class TLSConfig(BaseModel):
+    """TLS for the public API; with ``client_ca`` set, clients must present a certificate it signed (mTLS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert: Path = Field(description="server certificate chain (PEM)")
+    key: Path = Field(description="server private key (PEM)")
+    client_ca: Path | None = Field(None, description="CA bundle for client certificates; set it to require mTLS")
+
+
 class BridgeConfig(BaseModel):
     """One bridge: where its runtime comes from and how its workers run."""
 
@@ -115,6 +125,7 @@ class Config(BaseModel):
     max_stream_buffer: int = Field(256, gt=0, description="events buffered per stream before backpressure")
     policy: Path | None = Field(None, description="policy file; none means single-tenant, all allowed")
     audit_log: Path | None = Field(None, description="append-only audit log (JSON lines)")
+    tls: TLSConfig | None = Field(None, description="serve the public API over TLS (and mTLS with client_ca)")
     bridges: dict[str, BridgeConfig] = Field(default_factory=dict)
 
     def bridge(self, name: str) -> BridgeConfig:

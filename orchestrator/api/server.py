@@ -8,12 +8,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from orchestrator.config import TLSConfig
 from orchestrator.proto import mlbridge_pb2, mlbridge_pb2_grpc
 from orchestrator.service import Orchestrator
+from runtimes.core.errors import ConfigError
 
 from .servicer import Authenticator, MLBridgeServicer, anonymous
 
 log = logging.getLogger("mlbridge.server")
+
+
+def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
+    """TLS credentials; with a client CA, a client without a certificate it signed is refused in the handshake."""
+    try:
+        key, cert = tls.key.read_bytes(), tls.cert.read_bytes()
+        ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
 class PublicServer:
@@ -37,7 +49,11 @@ class PublicServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(address)
+        tls = orch.config.tls
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, server_credentials(tls))
         if self.port == 0 and not address.startswith("unix"):
             raise OSError(f"cannot listen on {address}")
 

@@ -44,8 +44,24 @@ class Event:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def target(address: str) -> str:
-    return address
+def credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials from PEM files (None: plaintext). cert and key together make it mTLS."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise InvalidArgument("tls_cert and tls_key go together")
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key),
+                                        certificate_chain=read(cert))
 
 
 def channel_options(max_bytes: int) -> list[tuple[str, Any]]:

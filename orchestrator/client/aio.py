@@ -24,8 +24,13 @@ class AsyncMLBridge:
 
     @classmethod
     def connect(cls, address: str = c.DEFAULT_ADDRESS, token: str | None = None, *, timeout: float | None = None,
-                max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES) -> AsyncMLBridge:
-        return cls(grpc.aio.insecure_channel(address, options=c.channel_options(max_message_bytes)), token, timeout)
+                max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES, tls_ca: str | None = None,
+                tls_cert: str | None = None, tls_key: str | None = None) -> AsyncMLBridge:
+        options = c.channel_options(max_message_bytes)
+        creds = c.credentials(tls_ca, tls_cert, tls_key)
+        channel = (grpc.aio.secure_channel(address, creds, options=options) if creds
+                   else grpc.aio.insecure_channel(address, options=options))
+        return cls(channel, token, timeout)
 
     async def close(self) -> None:
         await self._channel.close()

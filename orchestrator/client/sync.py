@@ -34,7 +34,8 @@ class MLBridge:
 
     @classmethod
     def connect(cls, address: str = c.DEFAULT_ADDRESS, token: str | None = None, *, timeout: float | None = None,
-                max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES) -> MLBridge:
+                max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES, tls_ca: str | None = None,
+                tls_cert: str | None = None, tls_key: str | None = None) -> MLBridge:
         """Open a channel to ``host:port`` or ``unix:///path``.
 
         Args:
@@ -42,8 +43,17 @@ class MLBridge:
             token: bearer token naming the tenant (when the server has a policy).
             timeout: default per-call timeout in seconds.
             max_message_bytes: message size cap, both directions.
+            tls_ca: CA bundle (PEM) to verify the server; enables TLS.
+            tls_cert, tls_key: client certificate and key (PEM) for mutual TLS.
+
+        Raises:
+            InvalidArgument: a TLS file cannot be read, or cert without key.
         """
-        return cls(grpc.insecure_channel(address, options=c.channel_options(max_message_bytes)), token, timeout)
+        options = c.channel_options(max_message_bytes)
+        creds = c.credentials(tls_ca, tls_cert, tls_key)
+        channel = (grpc.secure_channel(address, creds, options=options) if creds
+                   else grpc.insecure_channel(address, options=options))
+        return cls(channel, token, timeout)
 
     def close(self) -> None:
         self._channel.close()
