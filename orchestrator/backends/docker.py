@@ -332,6 +332,29 @@ class DockerBackend(Backend):
             return self._final[cid]
         return await self._run(f"inspect worker {handle.worker_id}", self._final_info, cid)
 
+    async def apply_limits(self, handle: WorkerHandle, limits: dict[str, Any]) -> bool:
+        """Lower a running worker's cgroup limits in place (``cpus``, ``memory_bytes``, ``pids``).
+
+        Memory and memory+swap move together, so the worker still gets no swap.
+        """
+        body: dict[str, Any] = {}
+        if limits.get("cpus"):
+            body["NanoCpus"] = int(float(limits["cpus"]) * 1e9)
+        if limits.get("memory_bytes"):
+            body["Memory"] = body["MemorySwap"] = int(limits["memory_bytes"])
+        if limits.get("pids"):
+            body["PidsLimit"] = int(limits["pids"])
+        if not body:
+            return False
+        cid = str(handle.ref)
+
+        def update() -> None:
+            api = self._docker().api
+            api._raise_for_status(api._post_json(api._url("/containers/{0}/update", cid), data=body))
+
+        await self._run(f"lower the limits of worker {handle.worker_id}", update)
+        return True
+
     async def stats(self, handle: WorkerHandle, *, max_age_s: float | None = None) -> dict[str, Any]:
         """Memory (bytes, as `docker stats` counts it), limit, cumulative CPU ns, pids, and
         ``oom_kills`` (processes the kernel OOM-killed in the container so far) when the

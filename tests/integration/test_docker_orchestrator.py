@@ -153,3 +153,31 @@ def test_refuses_an_image_whose_id_differs(tmp_path: Path, dk: docker.DockerClie
     finally:
         image.tag("mlbridge/mock", "0.1.0")
     assert dk.images.get("mlbridge/mock:0.1.0").id == image.id
+
+
+def test_tenant_limits_lower_the_operators_never_raise(tmp_path: Path, dk: docker.DockerClient) -> None:
+    import hashlib
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""version: 1
+defaults:
+  bridges: [mock]
+  rules: [{{name: all-mock, effect: allow, bridges: [mock]}}]
+tenants:
+  small:
+    tokens: ["sha256:{hashlib.sha256(b'small').hexdigest()}"]
+    limits: {{memory: 64m, pids: 32, cpus: 0.25}}
+  greedy:
+    tokens: ["sha256:{hashlib.sha256(b'greedy').hexdigest()}"]
+    limits: {{memory: 2g, pids: 4096, cpus: 4}}
+""")
+    policy.chmod(0o600)
+    cfg = make_config(tmp_path, backend="docker", policy=str(policy), bridges=BRIDGES)
+    with ServerThread(cfg) as srv:
+        for token, memory, pids, nano in (("small", 64, 32, 250_000_000), ("greedy", 128, 64, 500_000_000)):
+            with MLBridge.connect(srv.target, token) as mb:
+                assert mb.call("mock", "mock:whoami")["tenant"] == token
+            worker = srv.orch.pools["mock"].claimed(token)[0]
+            host = dk.containers.get(worker.handle.ref).attrs["HostConfig"]
+            assert host["Memory"] == memory * 1024 * 1024 == host["MemorySwap"], token
+            assert host["PidsLimit"] == pids and host["NanoCpus"] == nano, token
