@@ -75,3 +75,34 @@ class Session:
         with contextlib.suppress(BaseException):
             self._call.cancel()
             await self._reader
+
+
+class SessionGroup:
+    """Up to ``size`` Session streams to one worker, opened as concurrency needs them.
+
+    Writes on one stream are serialised, so many concurrent callers queue
+    behind each other; a call goes to the stream with the fewest calls
+    pending, and a new stream opens when every open one is busy.
+    """
+
+    def __init__(self, stub: rpb_grpc.RuntimeStub, size: int = 4) -> None:
+        self._stub = stub
+        self._size = size
+        self._sessions = [Session(stub)]
+
+    def _pick(self) -> Session:
+        live = [s for s in self._sessions if s._broken is None]
+        best = min(live, key=lambda s: len(s._pending), default=None)
+        if best is None or (len(best._pending) > 0 and len(self._sessions) < self._size):
+            best = Session(self._stub)
+            self._sessions.append(best)
+        return best
+
+    async def request(self, req: rpb.CallRequest) -> rpb.CallReply:
+        if all(s._broken is not None for s in self._sessions):
+            raise self._sessions[0]._broken  # type: ignore[misc]
+        return await self._pick().request(req)
+
+    async def close(self) -> None:
+        for s in self._sessions:
+            await s.close()

@@ -16,7 +16,7 @@ from runtimes.proto import runtime_pb2_grpc as rpb_grpc
 
 from . import sockets
 from .backends.base import Backend, WorkerHandle
-from .session import Session
+from .session import SessionGroup
 
 
 def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
@@ -48,7 +48,7 @@ class Worker:
     channel: grpc.aio.Channel | None = None
     stub: rpb_grpc.RuntimeStub | None = None
     death: str = ""
-    session: Session | None = None
+    session: SessionGroup | None = None
 
     @property
     def id(self) -> str:
@@ -91,7 +91,7 @@ class Worker:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     assert self.stub is not None
-                    self.session = Session(self.stub)
+                    self.session = SessionGroup(self.stub)
                     self.state = "ready"
                     self.ready_after_s = time.monotonic() - self.started_at
                     return
