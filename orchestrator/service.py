@@ -34,7 +34,6 @@ from runtimes.core.errors import (
 )
 from runtimes.proto import runtime_pb2 as rpb
 
-from . import sockets
 from .backends.base import Backend
 from .calls import CallRunner, Reply, created_resources
 from .config import Config, check_environment
@@ -90,7 +89,6 @@ class Orchestrator:
         self.pools: dict[str, Pool] = {}
         self._describe: dict[str, dict[str, Any]] = {}
         self._socket_root = Path(tempfile.mkdtemp(prefix="mlb-"))
-        self._socket_tmpfs = False
         self.started = time.time()
         self.calls_total = 0
         self.errors_total = 0
@@ -105,8 +103,6 @@ class Orchestrator:
         """
         check_environment(self.config)
         await self.backend.prepare(self.config.bridges)
-        if self.backend.name == "docker":
-            self._socket_tmpfs = sockets.mount_tmpfs(self._socket_root)
         reaped = await self.backend.reap(self.id)
         if reaped:
             log.warning("removed %d worker(s) left by an earlier orchestrator", reaped)
@@ -126,8 +122,6 @@ class Orchestrator:
         await asyncio.gather(*(p.stop() for p in self.pools.values()), return_exceptions=True)
         await self.backend.close()
         self.registry.close()
-        if self._socket_tmpfs:
-            sockets.unmount(self._socket_root)
         shutil.rmtree(self._socket_root, ignore_errors=True)
 
     # -- hooks the policy layer overrides ----------------------------------------

@@ -1,9 +1,10 @@
 """The host side of the control channel: where worker sockets live.
 
 Each worker's socket directory is the only host path bind-mounted into its
-container, and the worker can write there. With the docker backend the
-directories sit on a small tmpfs mounted ``noexec,nosuid,nodev``, so a worker
-can neither fill the host's disk nor leave an executable for the host. And a
+container, and the worker can write there. With the docker backend each such
+directory is its own tiny tmpfs (a few KiB, 16 inodes, ``noexec,nosuid,nodev``),
+so a worker can neither fill the host's disk, nor exhaust space or inodes that
+other workers' sockets need, nor leave an executable for the host. And a
 socket is trusted only if it is a real socket: a worker could replace it with
 a symlink to some other host socket.
 """
@@ -20,24 +21,27 @@ from runtimes.core.errors import Unavailable
 
 log = logging.getLogger("mlbridge.sockets")
 
-TMPFS_OPTIONS = "size=16m,nr_inodes=4096,mode=0711,noexec,nosuid,nodev"
+def worker_tmpfs_options(uid: int, gid: int) -> str:
+    return f"size=64k,nr_inodes=16,mode=0700,uid={uid},gid={gid},noexec,nosuid,nodev"
 
 
-def mount_tmpfs(root: Path) -> bool:
-    """Mount a capped tmpfs on ``root`` (root only); False, with a warning, when that fails."""
+def mount_tmpfs(path: Path, options: str) -> bool:
+    """Mount a tmpfs on ``path`` (root only); False, with a warning, when that fails."""
     if os.geteuid() != 0:
         return False
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", TMPFS_OPTIONS, "mlbridge-sockets", str(root)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "mlbridge-socket", str(path)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        log.warning("could not mount a tmpfs for worker sockets at %s (%s); using the plain directory",
-                    root, r.stderr.strip())
+        log.warning("could not mount a tmpfs for a worker socket at %s (%s); using the plain directory",
+                    path, r.stderr.strip())
         return False
     return True
 
 
-def unmount(root: Path) -> None:
-    subprocess.run(["umount", "-l", str(root)], capture_output=True)
+def unmount(path: Path) -> None:
+    """Lazily unmount ``path`` if something is mounted there."""
+    if os.path.ismount(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def socket_exists(address: str) -> bool:

@@ -34,6 +34,7 @@ import docker
 import requests
 from docker import errors as derr
 
+from orchestrator import sockets
 from orchestrator.config import BridgeConfig
 from orchestrator.images import image_tag, verify_image
 from runtimes.core.errors import ConfigError, MLBridgeError, Unavailable
@@ -207,6 +208,9 @@ class DockerBackend(Backend):
             sock.unlink()
         euid = os.geteuid()
         if euid == 0:
+            # Its own tiny tmpfs: a worker cannot exhaust space or inodes other workers need.
+            if not os.path.ismount(path):
+                sockets.mount_tmpfs(path, sockets.worker_tmpfs_options(CONTAINER_UID, CONTAINER_GID))
             os.chown(path, CONTAINER_UID, CONTAINER_GID)
         elif euid != CONTAINER_UID:
             raise ConfigError(
@@ -273,6 +277,7 @@ class DockerBackend(Backend):
                         continue
                     raise
         except BaseException:
+            sockets.unmount(socket_dir)
             shutil.rmtree(socket_dir, ignore_errors=True)
             raise
         log.debug("worker %s: container %s started from %s", spec.worker_id, cid[:12], image)
@@ -323,6 +328,7 @@ class DockerBackend(Backend):
             await self._run(f"stop worker {handle.worker_id}", self._stop_sync, cid, kill, timeout)
         finally:
             self._stats.pop(cid, None)
+            sockets.unmount(handle.socket_dir)
             shutil.rmtree(handle.socket_dir, ignore_errors=True)
 
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:

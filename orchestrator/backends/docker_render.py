@@ -158,7 +158,8 @@ def render_run_kwargs(spec: WorkerSpec, image: str, *, gpu_inventory: GpuInvento
         # Default seccomp (and AppArmor, where enabled) stay on: nothing here turns them off.
         "security_opt": ["no-new-privileges:true"],
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={tmpfs_bytes}"},
+        # nr_inodes bounds file count too: empty files cost kernel memory, not tmpfs bytes.
+        "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={tmpfs_bytes},nr_inodes={max(64, tmpfs_bytes // 4096)}"},
         "mounts": [Mount(target=SOCKET_MOUNT, source=str(Path(spec.socket_dir).absolute()), type="bind", read_only=False)],
         "pids_limit": limits.pids,
         "mem_limit": memory,

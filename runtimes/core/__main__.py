@@ -7,9 +7,14 @@ import logging
 import os
 import sys
 
-from .errors import MLBridgeError
-from .loop import run as run_loop
-from .server import serve
+# grpc's fork support makes os.fork() in user code hang (retrying thread creation)
+# when the pids limit is reached; without it the code sees EAGAIN. Must be set
+# before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+from .errors import MLBridgeError  # noqa: E402
+from .loop import run as run_loop  # noqa: E402
+from .server import serve  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ reports ``handler_stopped: false`` and the orchestrator replaces the worker.
 from __future__ import annotations
 
 import inspect
+import json
 import platform
 import re
 import threading
@@ -202,11 +203,35 @@ class CustomBridge(Bridge):
             # Code that saw should_stop() and returned still ends as cancelled
             # (or past its deadline), whichever side of the race it finished on.
             ctx.check()
-            check_json(value, res_cap, "the result of main()")
+            size = check_json(value, res_cap, "the result of main()")
         finally:
             mod.release()
-        reply.update(result=value, **cap.summary(), duration_ms=round((time.monotonic() - started) * 1000, 3))
+        reply.update(result=value, **self._fit_output(cap.summary(), size),
+                     duration_ms=round((time.monotonic() - started) * 1000, 3))
         return reply
+
+    def _fit_output(self, summary: dict[str, Any], result_size: int) -> dict[str, Any]:
+        """Cut captured output further so result + output fit the reply size cap.
+
+        Output is best effort: too much of it is truncated (and flagged), it
+        never costs the caller the result.
+        """
+        store = self.store
+        cap = (store.max_message_bytes - 4096) if store is not None else None
+        if cap is None:
+            return summary
+        budget = max(0, cap - result_size - 2048) // 2
+        for name in ("stdout", "stderr"):
+            text: str = summary[name]
+            if len(json.dumps(text, ensure_ascii=False).encode()) <= budget:
+                continue
+            keep = text
+            while keep and len(json.dumps(keep, ensure_ascii=False).encode()) > budget:
+                keep = keep[: int(len(keep) * 0.9)]
+            summary[f"{name}_dropped_bytes"] += len(text.encode()) - len(keep.encode())
+            summary[name] = keep
+            summary[f"{name}_truncated"] = True
+        return summary
 
     def _start(self, mod: UserModule, cap: OutputCapture, progress: Progress, inputs: dict[str, Any]) -> Any:
         """Execute the module and call main; a generator main comes back unstarted."""

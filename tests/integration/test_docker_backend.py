@@ -203,7 +203,7 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     assert not hc["CapAdd"]
     assert hc["SecurityOpt"] == ["no-new-privileges:true"]
     assert hc["ReadonlyRootfs"] is True
-    assert hc["Tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={16 * MIB}"}
+    assert hc["Tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={16 * MIB},nr_inodes={16 * MIB // 4096}"}
     assert hc["PidsLimit"] == 96
     assert hc["Memory"] == hc["MemorySwap"] == 256 * MIB
     assert hc["NanoCpus"] == 500_000_000

@@ -101,6 +101,7 @@ def test_default_limits(tmp_path: Path) -> None:
     assert kw["nano_cpus"] == 1_000_000_000
     assert kw["pids_limit"] == 256
     assert "size=67108864" in kw["tmpfs"]["/tmp"]
+    assert "nr_inodes=16384" in kw["tmpfs"]["/tmp"]  # empty files are bounded too
 
 
 def test_limits_override_from_policy(tmp_path: Path) -> None:

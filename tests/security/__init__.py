@@ -1,0 +1,1 @@
+"""Attack suite: hostile code through ``custom:run`` in hardened docker workers."""
