@@ -44,7 +44,16 @@ KEY_ENV = "MLBRIDGE_AUDIT_KEY"
 MIN_KEY_CHARS = 16
 GENESIS_HASH = "0" * 64
 EVENTS = frozenset(
-    {"call", "denial", "worker_start", "worker_stop", "worker_kill", "policy_load", "auth_failure"}
+    {
+        "call",
+        "denial",
+        "worker_start",
+        "worker_stop",
+        "worker_kill",
+        "policy_load",
+        "auth_failure",
+        "egress",
+    }
 )
 FIELDS = frozenset(
     {

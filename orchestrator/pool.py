@@ -27,6 +27,7 @@ log = logging.getLogger("mlbridge.pool")
 
 EventHook = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
 SecretsFor = Callable[[str, str, Worker], Awaitable[dict[str, str]]]
+ClaimEnv = Callable[[str, str, Worker], Awaitable[dict[str, str]]]
 
 
 class Pool:
@@ -34,7 +35,7 @@ class Pool:
 
     def __init__(self, name: str, cfg: BridgeConfig, backend: Backend, *, orchestrator_id: str,
                  socket_root: Path, max_message_bytes: int, secrets_for: SecretsFor | None = None,
-                 on_event: EventHook | None = None) -> None:
+                 on_event: EventHook | None = None, claim_env: ClaimEnv | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.backend = backend
@@ -42,6 +43,7 @@ class Pool:
         self.socket_root = socket_root
         self.max_message_bytes = max_message_bytes
         self.secrets_for = secrets_for
+        self.claim_env = claim_env
         self.on_event = on_event
         self.workers: dict[str, Worker] = {}
         self._spares: asyncio.Queue[Worker] = asyncio.Queue()
@@ -149,7 +151,9 @@ class Pool:
         self._refill()
         try:
             secrets = await self.secrets_for(tenant, self.name, worker) if self.secrets_for else {}
-            await worker.configure(tenant, secrets)
+            # Egress set-up (network, proxy registration) for this tenant, before its code can run.
+            env = await self.claim_env(tenant, self.name, worker) if self.claim_env else {}
+            await worker.configure(tenant, secrets, env)
         except Exception as exc:
             await self.retire(worker, f"configure failed: {exc}")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc

@@ -110,7 +110,8 @@ class Orchestrator:
             self.pools[name] = Pool(name, bcfg, self.backend, orchestrator_id=self.id,
                                     socket_root=self._socket_root,
                                     max_message_bytes=self.config.max_message_bytes,
-                                    secrets_for=self.secrets_for, on_event=self.on_worker_event)
+                                    secrets_for=self.secrets_for, on_event=self.on_worker_event,
+                                    claim_env=self.claim_env)
         results = await asyncio.gather(*(p.start() for p in self.pools.values()), return_exceptions=True)
         failed = [(n, r) for n, r in zip(self.pools, results, strict=True) if isinstance(r, BaseException)]
         if failed:
@@ -127,6 +128,10 @@ class Orchestrator:
     # -- hooks the policy layer overrides ----------------------------------------
     async def secrets_for(self, tenant: str, bridge: str, worker: Worker | None = None) -> dict[str, str]:
         """Secrets handed to a worker when ``tenant`` claims it (none without a policy)."""
+        return {}
+
+    async def claim_env(self, tenant: str, bridge: str, worker: Worker) -> dict[str, str]:
+        """Environment (egress proxy settings) handed to a worker when ``tenant`` claims it (none here)."""
         return {}
 
     async def on_worker_event(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:

@@ -115,9 +115,10 @@ class Worker:
                 f"{backend.log_tail(self.handle)}"
             )
 
-    async def configure(self, tenant: str, secrets: dict[str, str]) -> None:
+    async def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None) -> None:
+        """Hand the worker to ``tenant`` with its secrets and proxy ``env`` (HTTPS_PROXY and the like)."""
         assert self.stub is not None
-        await self.stub.Configure(rpb.ConfigureRequest(tenant=tenant, secrets=secrets), timeout=10)
+        await self.stub.Configure(rpb.ConfigureRequest(tenant=tenant, secrets=secrets, env=env or {}), timeout=10)
         self.tenant = tenant
 
     async def describe(self) -> rpb.DescribeReply:

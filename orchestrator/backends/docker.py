@@ -40,6 +40,7 @@ from orchestrator.images import image_tag, verify_image
 from runtimes.core.errors import ConfigError, MLBridgeError, Unavailable
 
 from .base import LABEL_PREFIX, SOCKET_NAME, Backend, ExitInfo, WorkerHandle, WorkerSpec
+from .docker_egress import EgressNetwork
 from .docker_errors import check_engine_socket, engine_unreachable, translated
 from .docker_render import (
     CONTAINER_GID,
@@ -110,6 +111,8 @@ class DockerBackend(Backend):
         self._stopped: OrderedDict[str, str] = OrderedDict()  # container id -> "stop" | "kill"
         self._final: OrderedDict[str, ExitInfo] = OrderedDict()
         self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._scope = scope
+        self._egress: EgressNetwork | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -263,6 +266,9 @@ class DockerBackend(Backend):
         """
         image = await self.image_id(spec.bridge, spec.config)
         kwargs = render_run_kwargs(spec, image, gpu_inventory=self._gpus, extra_labels=self._scope_labels)
+        if self._egress is not None:
+            # Its DNS forwards (should it join the egress network) then go nowhere: see docker_egress.
+            kwargs["dns"] = [self._egress.gateway]
         socket_dir = self._prepare_socket_dir(spec.socket_dir)
         try:
             for attempt in (1, 2):
@@ -386,6 +392,47 @@ class DockerBackend(Backend):
         self._stats[cid] = (time.monotonic(), out)
         return out
 
+    # -- egress ------------------------------------------------------------------------------
+
+    async def open_egress(self) -> str:
+        """Create (or adopt) the internal egress network; return its gateway IP for the proxy.
+
+        Workers started from now on use the gateway as DNS server (see :mod:`.docker_egress`).
+
+        Raises:
+            ConfigError: iptables is unusable (allowlists are refused, never run unprotected),
+                or a foreign network has the egress network's name.
+        """
+        if self._egress is None:
+            net = EgressNetwork(lambda: self._docker().api, self._scope, self._scope_labels)
+            await self._run("create the egress network", net.open)
+            self._egress = net
+        return self._egress.gateway
+
+    async def guard_egress(self, proxy_port: int) -> None:
+        """Firewall the egress network: its workers reach the gateway's ``proxy_port`` and nothing else."""
+        if self._egress is None:
+            raise ConfigError("open_egress() first")
+        await self._run("install the egress firewall", self._egress.protect, proxy_port)
+
+    async def connect_egress(self, handle: WorkerHandle) -> str:
+        """Move a worker from network ``none`` onto the egress network; return its IP there."""
+        if self._egress is None:
+            raise ConfigError("the egress network is not open")
+        return await self._run(f"connect worker {handle.worker_id} to the egress network",
+                               self._egress.connect, str(handle.ref))
+
+    @property
+    def egress(self) -> EgressNetwork | None:
+        """The open egress network, if any."""
+        return self._egress
+
+    async def close_egress(self) -> None:
+        """Remove the egress network and its firewall rules (workers are gone by now)."""
+        net, self._egress = self._egress, None
+        if net is not None:
+            await self._run("remove the egress network", net.close)
+
     # -- inventory --------------------------------------------------------------------------
 
     def _containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -441,6 +488,8 @@ class DockerBackend(Backend):
         return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
     async def close(self) -> None:
+        with contextlib.suppress(MLBridgeError):
+            await self.close_egress()
         client, self._client = self._client, None
         if client is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, client.close)

@@ -5,16 +5,27 @@ any work; a denial names its rule), quotas, then the call itself with the
 policy's deadline; the outcome is written to the audit log before the reply
 goes out. Secrets reach a worker only when its tenant claims it, and only the
 names its bridge declares.
+
+Egress. When some tenant's policy grants a bridge an allowlist, the docker
+backend opens the internal egress network and the egress proxy listens on its
+gateway (:mod:`orchestrator.egress`, :mod:`orchestrator.backends.docker_egress`).
+A worker claimed by a tenant with an allowlist for its bridge is moved onto that
+network, its IP is registered with the proxy under the tenant's allowlist, and
+it is configured with ``HTTPS_PROXY`` / ``HTTP_PROXY`` pointing at the proxy;
+its IP is revoked when it is destroyed. Every proxy decision is audited
+(``event="egress"``). Other workers stay on network ``none``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from runtimes.core.errors import (
+    ConfigError,
     MLBridgeError,
     NotFound,
     PermissionDenied,
@@ -25,11 +36,18 @@ from runtimes.core.errors import (
 from ..audit import AuditLog, code_digest
 from ..calls import Reply
 from ..config import Config
+from ..egress import RULE as EGRESS_RULE
+from ..egress import EgressDecision, EgressProxy
 from ..registry import ResourceRecord
 from ..service import Caller, Event, Orchestrator
 from ..worker import Worker
 from .engine import Policy, Principal, load_policy
 from .quotas import QuotaTracker
+
+log = logging.getLogger("mlbridge.policy")
+# Set in a worker by Configure when its tenant has an allowlist (docker backend).
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+NO_PROXY_ENV = ("NO_PROXY", "no_proxy")
 
 
 def _code_hash(args_json: bytes) -> str | None:
@@ -51,17 +69,89 @@ class GuardedOrchestrator(Orchestrator):
         self.audit = audit or (AuditLog(config.audit_log) if config.audit_log else None)
         self.quota = QuotaTracker()
         self._declared: dict[str, set[str]] = {}
+        self.egress: EgressProxy | None = None
+        self._egress_ips: dict[str, str] = {}  # worker id -> its address on the egress network
+        self._egress_warned = False
 
     # -- lifecycle and hooks -----------------------------------------------------------
     async def start(self) -> None:
         await self._record(event="policy_load", outcome="ok", policy_hash=self.policy.source_hash,
                            extra={"source": str(self.policy.source), "tenants": list(self.policy.tenants)})
+        await self._start_egress()
         await super().start()
 
     async def stop(self) -> None:
         await super().stop()
+        if self.egress is not None:
+            await self.egress.close()
+            self.egress = None
+        self._egress_ips.clear()
         if self.audit is not None:
             self.audit.close()
+
+    # -- egress -----------------------------------------------------------------------------
+    def egress_bridges(self) -> dict[str, list[str]]:
+        """Configured bridges for which some tenant has an allowlist -> those tenants."""
+        out: dict[str, list[str]] = {}
+        for bridge in self.config.bridges:
+            tenants = [t for t in self.policy.tenants if self.policy.network_for(t, bridge).mode == "allowlist"]
+            if tenants:
+                out[bridge] = tenants
+        return out
+
+    async def _start_egress(self) -> None:
+        """Open the egress network and proxy when the policy has allowlists (docker backend only)."""
+        wanted = self.egress_bridges()
+        if not wanted:
+            return
+        what = "; ".join(f"bridge {b}: tenants {', '.join(ts)}" for b, ts in sorted(wanted.items()))
+        if self.backend.name != "docker":
+            if not self._egress_warned:
+                log.warning("EGRESS ALLOWLISTS ARE NOT ENFORCED (%s): the %s backend isolates nothing, so its "
+                            "workers reach any network the host reaches. Use the docker backend to enforce "
+                            "them.", what, self.backend.name)
+                self._egress_warned = True
+            return
+        bad = sorted(b for b in wanted if self.config.bridges[b].network.strip() != "none")
+        if bad:
+            raise ConfigError(f"egress allowlists need bridges whose workers start on network none; "
+                              f"{', '.join(bad)} set(s) another network in the configuration")
+        backend: Any = self.backend
+        try:
+            gateway = await backend.open_egress()
+            self.egress = EgressProxy(gateway, 0, on_decision=self._egress_decision)
+            port = await self.egress.start()
+            await backend.guard_egress(port)
+        except BaseException:
+            if self.egress is not None:
+                await self.egress.close()
+                self.egress = None
+            await backend.close_egress()
+            raise
+        log.info("egress proxy on %s for %s", self.egress.url, what)
+
+    async def claim_env(self, tenant: str, bridge: str, worker: Worker) -> dict[str, str]:
+        net = self.policy.network_for(tenant, bridge)
+        if net.mode != "allowlist":
+            return {}
+        if self.egress is None:
+            if self.backend.name == "docker":
+                log.warning("tenant %s has an egress allowlist for bridge %s but no egress proxy runs (the "
+                            "policy had none at start); its worker stays on network none", tenant, bridge)
+            return {}
+        ip = await self.backend.connect_egress(worker.handle)  # type: ignore[attr-defined]
+        self._egress_ips[worker.id] = ip
+        self.egress.allow(ip, net.allowlist, tenant=tenant, bridge=bridge, worker_id=worker.id)
+        url = self.egress.url
+        return {**dict.fromkeys(PROXY_ENV, url), **dict.fromkeys(NO_PROXY_ENV, "")}
+
+    async def _egress_decision(self, d: EgressDecision) -> None:
+        extra: dict[str, Any] = {"target": d.target, "reason": d.reason, "via": d.method}
+        if d.suppressed:
+            extra["suppressed"] = d.suppressed
+        await self._record(event="egress", tenant=d.tenant, bridge=d.bridge, worker_id=d.worker_id,
+                           source=d.source, decision="allow" if d.allowed else "deny", rule=EGRESS_RULE,
+                           outcome="ok" if d.allowed else "denied", extra=extra)
 
     async def _record(self, **fields: Any) -> None:
         if self.audit is not None:
@@ -93,6 +183,10 @@ class GuardedOrchestrator(Orchestrator):
         if event == "worker_claim":
             await self._apply_tenant_limits(worker, extra.get("tenant", ""))
             return
+        if event in ("worker_stop", "worker_kill") and worker.id in self._egress_ips:
+            ip = self._egress_ips.pop(worker.id)
+            if self.egress is not None:
+                self.egress.revoke(ip, worker_id=worker.id)
         await self._record(event=event, bridge=worker.bridge, worker_id=worker.id, tenant=worker.tenant or None,
                            image_id=worker.handle.image_id, outcome="ok", extra=extra)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import sys
 import threading
 import time
@@ -39,6 +40,10 @@ from .jsonio import check_schema, encode, parse_object
 STOP_GRACE_S = 1.0
 # Chunks a thread handler may queue ahead of the client before it blocks.
 STREAM_WINDOW = 256
+# The only environment variables Configure may set: where the egress proxy is.
+CONFIGURE_ENV = frozenset(
+    {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"}
+)
 
 
 @dataclass
@@ -169,9 +174,26 @@ class Dispatcher:
             "bridge_stats": self.bridge.stats(),
         }
 
-    def configure(self, tenant: str, secrets: dict[str, str]) -> None:
+    def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None) -> None:
+        """Hand the worker its tenant, secrets and proxy environment (see :data:`CONFIGURE_ENV`).
+
+        ``env`` is set in this process's ``os.environ`` before the bridge's
+        ``configure`` hook runs, so clients the hook creates see the proxy.
+
+        Raises:
+            ConfigError: the worker belongs to another tenant, or ``env``
+                names a variable outside :data:`CONFIGURE_ENV` or holds a
+                value with a NUL or line break.
+        """
         if self.configured and tenant != self.bridge.tenant:
             raise ConfigError("this worker is already claimed by another tenant")
+        for key, value in (env or {}).items():
+            if key not in CONFIGURE_ENV:
+                raise ConfigError(f"configure may not set environment variable {key!r}; "
+                                  f"only {', '.join(sorted(CONFIGURE_ENV))}")
+            if any(c in value for c in "\0\r\n"):
+                raise ConfigError(f"environment variable {key} holds a NUL or line break")
+        os.environ.update(env or {})
         self.bridge.configure(tenant, secrets)
         self.configured = True
 

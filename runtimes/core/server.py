@@ -135,7 +135,7 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
 
     async def Configure(self, request: pb.ConfigureRequest, context: grpc.aio.ServicerContext) -> pb.ConfigureReply:
         try:
-            self.d.configure(request.tenant, dict(request.secrets))
+            self.d.configure(request.tenant, dict(request.secrets), dict(request.env))
         except MLBridgeError as err:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, err.message)
         return pb.ConfigureReply()

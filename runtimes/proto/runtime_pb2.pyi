@@ -171,8 +171,15 @@ class CancelReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("tenant", "secrets")
+    __slots__ = ("tenant", "secrets", "env")
     class SecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -181,9 +188,11 @@ class ConfigureRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     secrets: _containers.ScalarMap[str, str]
-    def __init__(self, tenant: _Optional[str] = ..., secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, tenant: _Optional[str] = ..., secrets: _Optional[_Mapping[str, str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ConfigureReply(_message.Message):
     __slots__ = ()

@@ -110,7 +110,7 @@ class RuntimeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Configure(self, request, context):
-        """Hands a claimed worker its tenant and that tenant's secrets.
+        """Hands a claimed worker its tenant, that tenant's secrets and its egress proxy settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -190,7 +190,7 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     assert cfg["Hostname"] == "worker"
     assert cfg["StopSignal"] == "SIGTERM"
     env = dict(e.split("=", 1) for e in cfg["Env"])
-    assert env["MLBRIDGE_BRIDGE"] == MOCK_RUNTIME
+    assert env["MLBRIDGE_BRIDGE"] == "runtimes.mock:MockBridge"  # the name, resolved on the host
     assert env["MLBRIDGE_MAX_MESSAGE_BYTES"] == str(4 * MIB)
     assert not any("PROXY" in k.upper() for k in env)
     for key, value in spec.labels.items():

@@ -11,6 +11,7 @@ import docker
 import pytest
 import requests
 
+from orchestrator import sockets
 from orchestrator.backends.base import WorkerSpec
 from orchestrator.backends.docker import DockerBackend, default_image
 from orchestrator.backends.docker_errors import translate
@@ -127,9 +128,17 @@ def test_socket_dir_is_handed_to_the_container_user(tmp_path: Path) -> None:
     d.mkdir(mode=0o755)
     (d / "runtime.sock").write_text("stale")
     out = DockerBackend._prepare_socket_dir(d)
-    st = out.stat()
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o700)
-    assert not (d / "runtime.sock").exists()
+    try:
+        st = out.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o700)
+        assert not (d / "runtime.sock").exists()
+        # Its own tiny tmpfs, so no worker can exhaust what another worker's socket needs.
+        assert os.path.ismount(out)
+        fs = os.statvfs(out)
+        assert fs.f_files <= 16 and fs.f_blocks * fs.f_frsize <= 64 * 1024
+    finally:
+        sockets.unmount(out)
+    assert not os.path.ismount(out)
 
 
 def test_socket_path_too_long(tmp_path: Path) -> None:

@@ -1,0 +1,273 @@
+"""The docker backend's egress network, and the host firewall around it.
+
+A worker whose tenant's policy grants an allowlist for its bridge leaves
+network ``none`` when it is claimed and joins one internal docker network,
+``mlbridge-egress-<scope>`` (``internal``: no route off the host; inter-container
+traffic off, ``enable_icc=false``). The host side of that network's bridge is
+its gateway address, where the orchestrator's egress proxy
+(:mod:`orchestrator.egress`) listens. Docker would still let a container on
+the network reach *every* service of the host on that address (and other
+host addresses), so :class:`Firewall` adds a dedicated iptables chain:
+
+    INPUT   -i <bridge if> -> MLB-EGRESS-<scope>
+    FORWARD -i <bridge if> -> MLB-EGRESS-<scope>
+    FORWARD -o <bridge if> -> MLB-EGRESS-<scope>
+    MLB-EGRESS-<scope>: -d <gateway> -p tcp --dport <proxy port> ACCEPT; DROP
+
+and the same chain in ip6tables with DROP alone (the proxy listens on IPv4).
+Replies of the proxy leave through OUTPUT, which is untouched. Without a
+working iptables (as root) allowlists are refused (:class:`ConfigError`),
+never run unprotected.
+
+Workers on the network are started with the gateway as their only DNS
+server: docker's embedded resolver then forwards from the container's
+namespace to an address the firewall drops, so DNS is no way out either
+(older engines forward from the host's namespace when the host resolver is
+on loopback, CVE-2024-29018). Workers need no DNS: the proxy resolves names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from docker import errors as derr
+
+from runtimes.core.errors import ConfigError, Unavailable
+
+from .base import LABEL_PREFIX
+
+__all__ = ["EGRESS_LABEL", "EgressNames", "EgressNetwork", "Firewall", "egress_names"]
+
+log = logging.getLogger("mlbridge.backend.docker.egress")
+
+EGRESS_LABEL = f"{LABEL_PREFIX}egress"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+NAME_OPTION = "com.docker.network.bridge.name"
+MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
+_IFNAMSIZ = 15  # Linux interface names: 15 bytes
+_HOOKS = (("INPUT", "-i"), ("FORWARD", "-i"), ("FORWARD", "-o"))
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+@dataclass(frozen=True)
+class EgressNames:
+    network: str  # docker network name
+    interface: str  # host bridge interface
+    chain: str  # iptables chain
+
+
+def egress_names(scope: str | None) -> EgressNames:
+    """Names derived from the backend's scope (``default`` without one)."""
+    tag = "".join(c for c in (scope or "default") if c.isalnum()).lower() or "default"
+    return EgressNames(network=f"mlbridge-egress-{tag}", interface=f"mlbeg-{tag}"[:_IFNAMSIZ],
+                       chain=f"MLB-EGRESS-{tag}"[:28])
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+
+
+class Firewall:
+    """The iptables (and ip6tables) rules that confine the egress network to the proxy port.
+
+    Args:
+        names: chain and interface names.
+        runner: runs one command line (tests pass a fake).
+    """
+
+    def __init__(self, names: EgressNames, runner: Runner = _run) -> None:
+        self.names = names
+        self._run = runner
+        self._v6 = False
+        self.installed = False
+
+    def _tool(self, family: int) -> str:
+        return "iptables" if family == 4 else "ip6tables"
+
+    def _ipt(self, family: int, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run([self._tool(family), "-w", "10", *args])
+
+    def _must(self, family: int, *args: str) -> None:
+        r = self._ipt(family, *args)
+        if r.returncode != 0:
+            raise ConfigError(f"{self._tool(family)} {' '.join(args)} failed: {(r.stderr or r.stdout).strip()}")
+
+    def check(self) -> None:
+        """Fail unless iptables (and ip6tables, where the host has IPv6) can be changed.
+
+        Raises:
+            ConfigError: not root, a tool missing, or it does not work.
+        """
+        fix = ("egress allowlists need iptables, run as root, to confine the egress network to the "
+               "proxy; install iptables and run the orchestrator as root, or remove the allowlists "
+               "from the policy (workers then stay on network none)")
+        if os.geteuid() != 0:
+            raise ConfigError(f"not running as root: {fix}")
+        families = [4] + ([6] if os.path.exists("/proc/net/if_inet6") else [])
+        for family in families:
+            tool = self._tool(family)
+            if shutil.which(tool) is None:
+                raise ConfigError(f"{tool} is not installed: {fix}")
+            try:
+                r = self._ipt(family, "-S", "INPUT")
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise ConfigError(f"{tool} does not run ({exc}): {fix}") from None
+            if r.returncode != 0:
+                raise ConfigError(f"{tool} does not work ({(r.stderr or r.stdout).strip()}): {fix}")
+        self._v6 = 6 in families
+
+    def install(self, gateway: str, port: int) -> None:
+        """(Re)write the chain and hook it in front of INPUT and FORWARD for the interface."""
+        chain, iface = self.names.chain, self.names.interface
+        for family in (4, 6) if self._v6 else (4,):
+            if self._ipt(family, "-N", chain).returncode != 0:
+                self._must(family, "-F", chain)  # left by a killed orchestrator: rewrite it
+            if family == 4:
+                self._must(family, "-A", chain, "-d", f"{gateway}/32", "-p", "tcp", "--dport", str(port),
+                           "-j", "ACCEPT")
+            self._must(family, "-A", chain, "-j", "DROP")
+            for hook, direction in _HOOKS:
+                if self._ipt(family, "-C", hook, direction, iface, "-j", chain).returncode != 0:
+                    self._must(family, "-I", hook, "1", direction, iface, "-j", chain)
+        self.installed = True
+        log.info("egress firewall: %s may reach only %s:%d (chain %s)", iface, gateway, port, chain)
+
+    def remove(self) -> None:
+        """Unhook and delete the chain (quietly: what is not there is fine)."""
+        chain, iface = self.names.chain, self.names.interface
+        for family in (4, 6):
+            try:
+                for hook, direction in _HOOKS:
+                    for _ in range(16):  # every copy of the jump
+                        if self._ipt(family, "-D", hook, direction, iface, "-j", chain).returncode != 0:
+                            break
+                self._ipt(family, "-F", chain)
+                self._ipt(family, "-X", chain)
+            except (OSError, subprocess.SubprocessError):
+                continue
+        self.installed = False
+
+    def rules(self) -> str:
+        """``iptables -S <chain>`` (for tests and diagnostics); ``""`` when it does not exist."""
+        r = self._ipt(4, "-S", self.names.chain)
+        return r.stdout if r.returncode == 0 else ""
+
+
+class EgressNetwork:
+    """The internal docker network for workers with an allowlist (blocking docker calls).
+
+    Args:
+        api: returns the low-level docker ``APIClient``.
+        scope: the backend's scope; names the network, bridge interface and chain.
+        labels: labels for the network (the backend's scope label).
+        runner: runs iptables command lines (tests pass a fake).
+    """
+
+    def __init__(self, api: Callable[[], Any], scope: str | None, labels: dict[str, str] | None = None,
+                 runner: Runner = _run) -> None:
+        self._api = api
+        self.names = egress_names(scope)
+        self.labels = {**(labels or {}), EGRESS_LABEL: "1"}
+        self.firewall = Firewall(self.names, runner)
+        self.network_id = ""
+        self.subnet = ""
+        self.gateway = ""
+
+    def open(self) -> str:
+        """Create the network (or adopt the one a killed orchestrator left); return the gateway IP.
+
+        Raises:
+            ConfigError: iptables unusable, or a network of that name that is not
+                an internal mlbridge egress network.
+        """
+        self.firewall.check()
+        api = self._api()
+        name = self.names.network
+        try:
+            info = api.inspect_network(name)
+        except derr.NotFound:
+            options = {ICC_OPTION: "false", NAME_OPTION: self.names.interface, MASQ_OPTION: "false"}
+            try:
+                api.create_network(name, driver="bridge", internal=True, options=options,
+                                   labels=self.labels, check_duplicate=True)
+            except derr.APIError as exc:
+                if exc.status_code != 409:  # 409: created meanwhile
+                    raise
+            info = api.inspect_network(name)
+        opts = info.get("Options") or {}
+        if (not info.get("Internal") or opts.get(ICC_OPTION) != "false"
+                or opts.get(NAME_OPTION) != self.names.interface
+                or (info.get("Labels") or {}).get(EGRESS_LABEL) != "1"):
+            raise ConfigError(f"docker network {name!r} exists but is not an internal mlbridge egress network "
+                              f"(internal, {ICC_OPTION}=false, bridge {self.names.interface}); remove it "
+                              f"with `docker network rm {name}`")
+        configs = (info.get("IPAM") or {}).get("Config") or []
+        v4 = [c for c in configs if c.get("Subnet") and ipaddress.ip_network(c["Subnet"]).version == 4]
+        if not v4 or not v4[0].get("Gateway"):
+            raise ConfigError(f"docker network {name!r} has no IPv4 subnet and gateway")
+        self.network_id = str(info["Id"])
+        self.subnet = str(v4[0]["Subnet"])
+        self.gateway = str(v4[0]["Gateway"]).split("/", 1)[0]
+        log.info("egress network %s: subnet %s, gateway %s, bridge %s", name, self.subnet, self.gateway,
+                 self.names.interface)
+        return self.gateway
+
+    def protect(self, port: int) -> None:
+        """Install the firewall for the proxy on ``port`` (before any worker joins)."""
+        if not self.gateway:
+            raise Unavailable("the egress network is not open")
+        self.firewall.install(self.gateway, port)
+
+    def connect(self, container_id: str) -> str:
+        """Move a running container from network ``none`` onto the egress network; return its IP.
+
+        Raises:
+            ConfigError: the container is on a network other than ``none`` (its
+                egress would not go through the proxy alone).
+        """
+        if not self.firewall.installed:
+            raise Unavailable("the egress firewall is not installed; refusing to connect a worker")
+        api = self._api()
+        attached = (api.inspect_container(container_id).get("NetworkSettings") or {}).get("Networks") or {}
+        others = sorted(set(attached) - {"none", self.names.network})
+        if others:
+            raise ConfigError(f"container {container_id[:12]} is on network(s) {', '.join(others)}; egress "
+                              "allowlists need bridges whose workers start on network none")
+        if "none" in attached:
+            api.disconnect_container_from_network(container_id, "none")
+        if self.names.network not in attached:
+            api.connect_container_to_network(container_id, self.network_id)
+        nets = (api.inspect_container(container_id).get("NetworkSettings") or {}).get("Networks") or {}
+        ip = (nets.get(self.names.network) or {}).get("IPAddress") or ""
+        if not ip:
+            raise Unavailable(f"container {container_id[:12]} got no address on {self.names.network}")
+        return str(ip)
+
+    def close(self) -> None:
+        """Remove the network (disconnecting anything left on it), then the firewall."""
+        if self.network_id:
+            api = self._api()
+            try:
+                info = api.inspect_network(self.network_id)
+                for cid in (info.get("Containers") or {}):
+                    with contextlib.suppress(derr.APIError):
+                        api.disconnect_container_from_network(cid, self.network_id, force=True)
+                api.remove_network(self.network_id)
+            except derr.NotFound:
+                pass
+            except derr.APIError as exc:
+                # Something is still on it: keep the firewall, so it stays confined.
+                log.error("could not remove egress network %s (its firewall chain %s stays): %s",
+                          self.names.network, self.names.chain, exc.explanation or exc)
+                return
+        self.firewall.remove()
+        self.network_id = ""
