@@ -34,6 +34,7 @@ from runtimes.core.errors import (
 )
 from runtimes.proto import runtime_pb2 as rpb
 
+from . import sockets
 from .backends.base import Backend
 from .calls import CallRunner, Reply, created_resources
 from .config import Config, check_environment
@@ -123,6 +124,7 @@ class Orchestrator:
         await asyncio.gather(*(p.stop() for p in self.pools.values()), return_exceptions=True)
         await self.backend.close()
         self.registry.close()
+        sockets.unmount_all_under(self._socket_root)
         shutil.rmtree(self._socket_root, ignore_errors=True)
 
     # -- hooks the policy layer overrides ----------------------------------------

@@ -61,3 +61,15 @@ def check_socket(address: str) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise Unavailable(f"worker socket {path} is not a socket (a symlink or file put there by the worker); "
                           f"the worker is not trusted")
+
+
+def unmount_all_under(root: Path) -> None:
+    """Unmount every mount point at or below ``root`` (deepest first)."""
+    prefix = str(root).rstrip("/") + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    points = [line.split()[4] for line in lines if len(line.split()) > 4]
+    for point in sorted((p for p in points if p.startswith(prefix) or p == str(root)), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)

@@ -113,6 +113,7 @@ class DockerBackend(Backend):
         self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._scope = scope
         self._egress: EgressNetwork | None = None
+        self._socket_dirs: set[Path] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -270,6 +271,7 @@ class DockerBackend(Backend):
             # Its DNS forwards (should it join the egress network) then go nowhere: see docker_egress.
             kwargs["dns"] = [self._egress.gateway]
         socket_dir = self._prepare_socket_dir(spec.socket_dir)
+        self._socket_dirs.add(socket_dir)
         try:
             for attempt in (1, 2):
                 create, host = split_run_kwargs(kwargs)
@@ -334,6 +336,7 @@ class DockerBackend(Backend):
             await self._run(f"stop worker {handle.worker_id}", self._stop_sync, cid, kill, timeout)
         finally:
             self._stats.pop(cid, None)
+            self._socket_dirs.discard(handle.socket_dir)
             sockets.unmount(handle.socket_dir)
             shutil.rmtree(handle.socket_dir, ignore_errors=True)
 
@@ -488,6 +491,9 @@ class DockerBackend(Backend):
         return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
     async def close(self) -> None:
+        for path in self._socket_dirs:  # workers removed behind the backend's back
+            sockets.unmount(path)
+        self._socket_dirs.clear()
         with contextlib.suppress(MLBridgeError):
             await self.close_egress()
         client, self._client = self._client, None

@@ -94,16 +94,16 @@ def test_each_tenant_does_its_work(server: dict) -> None:
 
 def test_cross_tenant_attempts_fail_as_not_found(server: dict) -> None:
     with client(server, "alice-example-token") as alice, client(server, "bob-example-token") as bob:
-        secret_rid = alice.create_resource("mock", "counter", {"start": 42})
+        secret_rid = alice.create_resource("mock", "counter", {"start": 7_777_777})
         assert secret_rid not in [r["resource_id"] for r in bob.list_resources()]
         for op in (lambda: bob.execute_resource(secret_rid, {"add": 1}), lambda: bob.delete_resource(secret_rid)):
             with pytest.raises(NotFound) as other:
                 op()
-            assert "42" not in str(other.value)
+            assert "7777777" not in str(other.value)  # alice's state never shows
         with pytest.raises(NotFound) as missing:
             bob.execute_resource("res_not_there", {})
         assert type(missing.value) is NotFound
-        assert alice.execute_resource(secret_rid, {"add": 0}) == {"value": 42}
+        assert alice.execute_resource(secret_rid, {"add": 0}) == {"value": 7_777_777}
         assert alice.call("mock", "mock:whoami")["tenant"] == "alice"
         assert bob.call("mock", "mock:whoami")["tenant"] == "bob"
         mine = {w["worker_id"] for w in alice.stats()["workers"]}
