@@ -25,6 +25,9 @@ from .worker import Worker
 
 log = logging.getLogger("mlbridge.pool")
 
+MONITOR_INTERVAL_S = 2.0
+PROBE_TIMEOUT_S = 2.0
+
 EventHook = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
 SecretsFor = Callable[[str, str, Worker], Awaitable[dict[str, str]]]
 ClaimEnv = Callable[[str, str, Worker], Awaitable[dict[str, str]]]
@@ -52,6 +55,7 @@ class Pool:
         self._claim_lock = asyncio.Lock()
         self.closed = False
         self.last_error: str = ""
+        self._monitor: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -61,10 +65,43 @@ class Pool:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors and len(errors) == len(results):
             raise errors[0]
+        self._monitor = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Replace workers that die or stop answering while idle, before a call lands on them.
+
+        Every ``MONITOR_INTERVAL_S``: a worker whose process or container has
+        ended is retired; an idle one that fails two health probes in a row
+        (``PROBE_TIMEOUT_S`` each) is killed and replaced. Busy workers are
+        judged by their calls' deadlines instead.
+        """
+        misses: dict[str, int] = {}
+        while not self.closed:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            for worker in [w for w in self.workers.values() if w.state == "ready"]:
+                try:
+                    info = await self.backend.exit_info(worker.handle)
+                    if info is not None:
+                        await self.retire(worker, f"died while idle: {info.describe()}")
+                        continue
+                    if worker.in_flight:
+                        misses.pop(worker.id, None)
+                        continue
+                    if await worker.healthy(PROBE_TIMEOUT_S):
+                        misses.pop(worker.id, None)
+                    elif (n := misses.get(worker.id, 0) + 1) >= 2:
+                        misses.pop(worker.id, None)
+                        await self.retire(worker, "stopped answering health probes")
+                    else:
+                        misses[worker.id] = n
+                except Exception as exc:  # noqa: BLE001 - the watch must go on
+                    log.warning("bridge %s: health watch of %s failed: %s", self.name, worker.id, exc)
 
     async def stop(self) -> None:
         """Drain: stop taking claims, stop every worker gracefully."""
         self.closed = True
+        if self._monitor is not None:
+            self._monitor.cancel()
         for t in list(self._refill_tasks):
             t.cancel()
         await asyncio.gather(*(self._destroy(w, "orchestrator stopping", kill=False) for w in list(self.workers.values())),

@@ -115,6 +115,17 @@ class Worker:
                 f"{backend.log_tail(self.handle)}"
             )
 
+    async def healthy(self, timeout: float) -> bool:
+        """One grpc health probe over the socket."""
+        if self.channel is None:
+            return False
+        try:
+            reply = await health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
     async def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None) -> None:
         """Hand the worker to ``tenant`` with its secrets and proxy ``env`` (HTTPS_PROXY and the like)."""
         assert self.stub is not None

@@ -350,3 +350,30 @@ def test_replayed_registration_survives_worker_death(tmp_path) -> None:
         assert mb.execute_resource(rid, {"x": 1}) == {"total": 11}
         types = {t["name"] for t in mb.call("custom", "custom:list_types")["types"]}
         assert "acc" in types
+
+
+def test_idle_worker_that_dies_or_hangs_is_replaced(tmp_path) -> None:
+    """A worker dying or freezing while idle is replaced before any call lands on it."""
+    import os
+    import signal
+
+    cfg = make_config(tmp_path, bridges={"mock": {"runtime": "mock", "pool_size": 1}})
+    with ServerThread(cfg) as srv, MLBridge.connect(srv.target) as mb:
+        mb.call("mock", "mock:echo", {})
+        pool = srv.orch.pools["mock"]
+        for how in ("kill", "freeze"):
+            victim = pool.claimed("default")[0]
+            pid = victim.handle.ref.pid
+            os.kill(pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+            deadline = time.monotonic() + 15
+            while victim.id in pool.workers and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert victim.id not in pool.workers, how
+            assert victim.death.startswith("died while idle" if how == "kill" else "stopped answering"), victim.death
+            # The next call goes to a new worker and succeeds.
+            assert mb.call("mock", "mock:echo", {"after": how}) == {"after": how}
+            if how == "freeze":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
