@@ -78,6 +78,10 @@ def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
         memory.popitem(last=False)
 
 
+# How long a SIGKILL exit that mlbridge did not cause may take to show the engine's OOM flag.
+OOM_SETTLE_S = 1.5
+
+
 class DockerBackend(Backend):
     """Runs each worker in its own hardened container (see :mod:`.docker_render`).
 
@@ -295,12 +299,22 @@ class DockerBackend(Backend):
 
     def _final_info(self, cid: str) -> ExitInfo | None:
         api = self._docker().api
-        try:
-            attrs = api.inspect_container(cid)
-        except derr.NotFound:
-            return ExitInfo(exit_code=None, reason="container was removed")
-        return exit_info_from_state(attrs.get("State") or {}, (attrs.get("HostConfig") or {}).get("Memory"),
-                                    self._stopped.get(cid))
+        # The engine may handle a container's exit before the kernel's OOM notice,
+        # so a SIGKILL exit mlbridge did not cause gets a moment to gain its OOM flag.
+        settle = time.monotonic() + OOM_SETTLE_S
+        while True:
+            try:
+                attrs = api.inspect_container(cid)
+            except derr.NotFound:
+                return ExitInfo(exit_code=None, reason="container was removed")
+            state = attrs.get("State") or {}
+            info = exit_info_from_state(state, (attrs.get("HostConfig") or {}).get("Memory"),
+                                        self._stopped.get(cid))
+            unexplained_kill = (info is not None and info.exit_code == 137 and not info.oom_killed
+                                and cid not in self._stopped)
+            if not unexplained_kill or time.monotonic() >= settle:
+                return info
+            time.sleep(0.1)
 
     def _stop_sync(self, cid: str, kill: bool, timeout: float) -> None:
         api = self._docker().api
