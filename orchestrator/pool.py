@@ -185,7 +185,6 @@ class Pool:
                 break
         if worker is None:
             worker = await self._start_worker()  # cold start on demand
-        self._refill()
         try:
             secrets = await self.secrets_for(tenant, self.name, worker) if self.secrets_for else {}
             # Egress set-up (network, proxy registration) for this tenant, before its code can run.
@@ -195,6 +194,7 @@ class Pool:
             await self.retire(worker, f"configure failed: {exc}")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
         await self._emit("worker_claim", worker, {"tenant": tenant})
+        self._refill()  # after the claim, so starting the replacement does not slow it down
         return worker
 
     # -- retiring --------------------------------------------------------------
