@@ -91,6 +91,9 @@ class CallRunner:
             raise await self._rpc_failure(fl, grpc.StatusCode.DEADLINE_EXCEEDED, "no reply", timeout) from None
         except SessionBroken as exc:
             raise await self._rpc_failure(fl, exc.code, exc.details, timeout) from None
+        except asyncio.CancelledError:
+            self._abandon(fl)  # the client went away: stop the handler too
+            raise
         finally:
             self._end(fl)
         if not reply.ok:
@@ -140,6 +143,26 @@ class CallRunner:
                 await fl.worker.stub.Cancel(rpb.CancelRequest(call_id=call_id), timeout=2)
         self._watch(fl, fl.pool.cfg.cancel_grace_s, "cancel")
         return True
+
+    def _abandon(self, fl: InFlight) -> None:
+        """Cancel a call nobody waits for any more; replace its worker if the handler keeps running."""
+
+        async def stop() -> None:
+            stub = fl.worker.stub
+            if stub is None:
+                return
+            request = rpb.CancelRequest(call_id=fl.call_id)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                if not (await stub.Cancel(request, timeout=2)).found:
+                    return
+                # The runtime gives a cancelled handler STOP_GRACE_S (1 s) before it gives up on it.
+                await asyncio.sleep(max(fl.pool.cfg.cancel_grace_s, 1.5))
+                if (await stub.Cancel(request, timeout=2)).found and fl.worker.state == "ready":
+                    await fl.pool.retire(fl.worker, f"call {fl.call_id} kept running after its client went away")
+
+        task = asyncio.get_running_loop().create_task(stop())
+        self._watchdogs.add(task)
+        task.add_done_callback(self._watchdogs.discard)
 
     def _watch(self, fl: InFlight, after: float, why: str) -> None:
         async def watchdog() -> None:

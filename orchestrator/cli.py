@@ -107,9 +107,9 @@ def cmd_call(args: argparse.Namespace) -> int:
     files = _attachments(args.attach)
     with _client(args) as mb:
         if args.stream:
-            _print_stream(mb.call_stream(args.bridge, args.command, payload))
+            _print_stream(mb.call_stream(args.bridge, args.command, payload, call_id=args.call_id))
         else:
-            res = mb.call_detailed(args.bridge, args.command, payload, attachments=files)
+            res = mb.call_detailed(args.bridge, args.command, payload, attachments=files, call_id=args.call_id)
             print(json.dumps(res.result, indent=2))
             _save(res.attachments, args.save_attachments)
     return 0
@@ -125,13 +125,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     payload = {"code": code, "inputs": _json_object(args.inputs, "--inputs") or {}}
     with _client(args) as mb:
         if args.stream:
-            _print_stream(mb.call_stream(args.bridge, "custom:run", payload))
+            _print_stream(mb.call_stream(args.bridge, "custom:run", payload, call_id=args.call_id))
             return 0
-        res = mb.call(args.bridge, "custom:run", payload)
+        res = mb.call(args.bridge, "custom:run", payload, call_id=args.call_id)
     sys.stderr.write(res.get("stderr", ""))
     sys.stdout.write(res.get("stdout", ""))
     print(json.dumps(res.get("result"), indent=2))
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as mb:
+        found = mb.cancel(args.call_id)
+    print("cancelled" if found else f"no call {args.call_id!r} of yours is running")
+    return 0 if found else 1
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -205,13 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true", help="stream chunks and progress as JSON lines")
     s.add_argument("--attach", action="append", metavar="NAME=PATH", help="send a file as an attachment")
     s.add_argument("--save-attachments", metavar="DIR", help="write reply attachments into DIR")
+    s.add_argument("--call-id", help="id for this call, so `mlbridge cancel ID` can stop it")
     s.set_defaults(func=cmd_call)
+
+    s = sub.add_parser("cancel", help="cancel a running call by its id")
+    s.add_argument("call_id")
+    s.set_defaults(func=cmd_cancel)
 
     s = sub.add_parser("run", help="run a Python file's main(inputs) in the custom sandbox")
     s.add_argument("file")
     s.add_argument("--inputs", help="JSON object passed to main(inputs)")
     s.add_argument("--bridge", default="custom")
     s.add_argument("--stream", action="store_true", help="stream progress and chunks as JSON lines")
+    s.add_argument("--call-id", help="id for this call, so `mlbridge cancel ID` can stop it")
     s.set_defaults(func=cmd_run)
 
     sub.add_parser("bridges", help="list bridges").set_defaults(func=cmd_bridges)

@@ -80,6 +80,7 @@ class Dispatcher:
         self.calls = 0
         self.errors = 0
         self.stuck = 0
+        self.stuck_calls: dict[str, Running] = {}
         self.configured = False
 
     # -- lookup ---------------------------------------------------------------
@@ -198,9 +199,14 @@ class Dispatcher:
         self.configured = True
 
     def cancel(self, call_id: str) -> bool:
+        """Ask a call to stop. True while it runs, including a handler that ignored an earlier cancel."""
         run = self.running.get(call_id)
         if run is None:
-            return False
+            stuck = self.stuck_calls.get(call_id)
+            if stuck is None or stuck.done.is_set():
+                self.stuck_calls.pop(call_id, None)
+                return False
+            return True
         run.ctx.cancel()
         run.stop.set()
         return True
@@ -231,6 +237,8 @@ class Dispatcher:
             out.handler_stopped = run.done.is_set() or not isinstance(exc, (Cancelled, DeadlineExceeded))
             if not out.handler_stopped:
                 self.stuck += 1
+                if ctx.call_id:  # still running in its thread: cancel() keeps reporting it
+                    self.stuck_calls[ctx.call_id] = run
         finally:
             self.running.pop(ctx.call_id, None)
         out.attachments = ctx.reply_attachments

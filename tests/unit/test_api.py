@@ -377,3 +377,32 @@ def test_idle_worker_that_dies_or_hangs_is_replaced(tmp_path) -> None:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+@pytest.mark.parametrize("command", ["mock:sleep", "mock:spin"])
+def test_client_going_away_stops_the_handler(srv: ServerThread, command: str) -> None:
+    """A client that gives up mid-call cancels it in the runtime; a handler that ignores that costs its worker."""
+    pool = srv.orch.pools["mock"]
+    with grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.MLBridgeStub(ch)
+        stub.Call(pb.CallRequest(bridge="mock", command="mock:echo", args_json=b"{}"))
+        worker = pool.claimed("default")[0]
+        fut = stub.Call.future(pb.CallRequest(bridge="mock", command=command, args_json=b'{"seconds": 20}',
+                                              call_id=uuid.uuid4().hex))
+        deadline = time.monotonic() + 5
+        while not srv.orch.runner.inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.orch.runner.inflight
+        fut.cancel()
+    deadline = time.monotonic() + 10
+    if command == "mock:sleep":  # cooperative: the handler stops, the worker stays
+        with MLBridge.connect(srv.target) as mb:
+            while mb.call("mock", "common:stats")["in_flight"] > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert mb.call("mock", "common:stats")["in_flight"] == 1  # only this stats call
+        assert worker.id in pool.workers
+    else:  # ignores cancellation: its worker is replaced
+        while worker.id in pool.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.id not in pool.workers
+        assert "kept running after its client went away" in worker.death

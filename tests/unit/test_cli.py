@@ -77,3 +77,49 @@ def test_stream_bridges_resources_status(server: str) -> None:
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     r = mlbridge(f"127.0.0.1:{_free_port()}", "call", "mock", "mock:echo")
     assert r.returncode == 1 and "UNAVAILABLE" in r.stderr
+
+
+def test_run_a_file_in_the_custom_sandbox(server: str, tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text("def main(inputs, progress):\n    print('working')\n    return {'double': inputs['n'] * 2}\n")
+    r = mlbridge(server, "run", str(job), "--inputs", '{"n": 21}')
+    assert r.returncode == 0, r.stderr
+    assert "working" in r.stdout and json.loads(r.stdout.split("working\n", 1)[1]) == {"double": 42}
+    bad = tmp_path / "bad.py"
+    bad.write_text("def main(inputs):\n    raise KeyError('nope')\n")
+    r = mlbridge(server, "run", str(bad))
+    assert r.returncode == 1 and "FRAMEWORK_ERROR" in r.stderr and "KeyError" in r.stderr
+
+
+def test_files_in_and_out_through_attachments(server: str, tmp_path: Path) -> None:
+    src = tmp_path / "data.txt"
+    src.write_bytes(b"hello sandbox\n")
+    r = mlbridge(server, "call", "custom", "custom:upload", "--attach", f"in/data.txt={src}")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files"][0]["path"] == "in/data.txt"
+    code = ("def main(inputs):\n    p = WORKDIR + '/in/data.txt'\n"
+            "    open(WORKDIR + '/out.txt', 'w').write(open(p).read().upper())\n    return 'ok'\n")
+    r = mlbridge(server, "call", "custom", "custom:run", "--args", json.dumps({"code": code}))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    r = mlbridge(server, "call", "custom", "custom:download", "--args", '{"paths": ["out.txt"]}',
+                 "--save-attachments", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "out.txt").read_bytes() == b"HELLO SANDBOX\n"
+
+
+def test_cancel_a_running_call_by_id(server: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "--address", server, "call", "mock",
+                             "mock:sleep", "--args", '{"seconds": 30}', "--call-id", "cli-long-call"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = mlbridge(server, "cancel", "cli-long-call")
+        if r.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert r.returncode == 0 and "cancelled" in r.stdout
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1 and "CANCELLED" in err
+    r = mlbridge(server, "cancel", "cli-long-call")
+    assert r.returncode == 1 and "no call" in r.stdout
