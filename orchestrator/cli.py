@@ -8,10 +8,12 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 from runtimes.core.errors import MLBridgeError
 from runtimes.core.loop import run as run_loop
+from runtimes.core.metadata import DEPRECATED
 
 from .client import MLBridge
 
@@ -109,7 +111,12 @@ def cmd_call(args: argparse.Namespace) -> int:
         if args.stream:
             _print_stream(mb.call_stream(args.bridge, args.command, payload, call_id=args.call_id))
         else:
-            res = mb.call_detailed(args.bridge, args.command, payload, attachments=files, call_id=args.call_id)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # said plainly below instead
+                res = mb.call_detailed(args.bridge, args.command, payload, attachments=files,
+                                       call_id=args.call_id)
+            if DEPRECATED in res.metadata:
+                print(f"deprecated: {res.metadata[DEPRECATED]}", file=sys.stderr)
             print(json.dumps(res.result, indent=2))
             _save(res.attachments, args.save_attachments)
     return 0

@@ -123,3 +123,11 @@ def test_cancel_a_running_call_by_id(server: str) -> None:
     assert proc.returncode == 1 and "CANCELLED" in err
     r = mlbridge(server, "cancel", "cli-long-call")
     assert r.returncode == 1 and "no call" in r.stdout
+
+
+def test_legacy_command_says_it_is_deprecated(server: str) -> None:
+    r = mlbridge(server, "call", "dspy", "configure_lm", "--args",
+                 '{"provider": "dummy", "model": "dummy", "answers": [{"answer": "4"}]}')
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "configured"
+    assert "deprecated: configure_lm is deprecated; use " in r.stderr
