@@ -73,3 +73,33 @@ class ServerThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+
+class Background:
+    """Run a blocking client call in a thread; ``.error()`` joins it and returns what it raised.
+
+    ``with Background(lambda: mb.call(...)) as call: ...; assert isinstance(call.error(), Cancelled)``
+    """
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+        self._exc: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self._exc = exc
+
+    def __enter__(self) -> Background:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(30)
+
+    def error(self, timeout: float = 20) -> BaseException | None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the background call did not finish"
+        return self._exc

@@ -64,6 +64,16 @@ def credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.Chann
                                         certificate_chain=read(cert))
 
 
+def open_channel(module: Any, address: str, max_bytes: int, tls_ca: str | None, tls_cert: str | None,
+                 tls_key: str | None) -> Any:
+    """A plaintext or TLS channel from ``module`` (``grpc`` or ``grpc.aio``)."""
+    options = channel_options(max_bytes)
+    creds = credentials(tls_ca, tls_cert, tls_key)
+    if creds is None:
+        return module.insecure_channel(address, options=options)
+    return module.secure_channel(address, creds, options=options)
+
+
 def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
     return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
 

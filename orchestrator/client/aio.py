@@ -26,11 +26,8 @@ class AsyncMLBridge:
     def connect(cls, address: str = c.DEFAULT_ADDRESS, token: str | None = None, *, timeout: float | None = None,
                 max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES, tls_ca: str | None = None,
                 tls_cert: str | None = None, tls_key: str | None = None) -> AsyncMLBridge:
-        options = c.channel_options(max_message_bytes)
-        creds = c.credentials(tls_ca, tls_cert, tls_key)
-        channel = (grpc.aio.secure_channel(address, creds, options=options) if creds
-                   else grpc.aio.insecure_channel(address, options=options))
-        return cls(channel, token, timeout)
+        return cls(c.open_channel(grpc.aio, address, max_message_bytes, tls_ca, tls_cert, tls_key), token,
+                   timeout)
 
     async def close(self) -> None:
         await self._channel.close()

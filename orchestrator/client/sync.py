@@ -49,11 +49,7 @@ class MLBridge:
         Raises:
             InvalidArgument: a TLS file cannot be read, or cert without key.
         """
-        options = c.channel_options(max_message_bytes)
-        creds = c.credentials(tls_ca, tls_cert, tls_key)
-        channel = (grpc.secure_channel(address, creds, options=options) if creds
-                   else grpc.insecure_channel(address, options=options))
-        return cls(channel, token, timeout)
+        return cls(c.open_channel(grpc, address, max_message_bytes, tls_ca, tls_cert, tls_key), token, timeout)
 
     def close(self) -> None:
         self._channel.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from orchestrator import DeadlineExceeded, MLBridge
 from orchestrator.service import Orchestrator
 from runtimes.core.errors import ConfigError, ImageMismatch, OutOfMemory, WorkerDied
-from tests.harness import ServerThread, make_config
+from tests.harness import Background, ServerThread, make_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -86,22 +85,13 @@ def test_killed_container_mid_call(srv: ServerThread, dk: docker.DockerClient) -
         mb.call("mock", "mock:echo", {})
         worker = srv.orch.pools["mock"].claimed("default")[0]
         call_id = uuid.uuid4().hex
-        box: dict[str, BaseException] = {}
-
-        def run() -> None:
-            try:
-                mb.call("mock", "mock:sleep", {"seconds": 20}, call_id=call_id)
-            except BaseException as exc:  # noqa: BLE001
-                box["exc"] = exc
-
-        t = threading.Thread(target=run)
-        t.start()
-        while call_id not in srv.orch.runner.inflight:
-            time.sleep(0.01)
-        dk.containers.get(worker.handle.ref).kill()
-        t.join(20)
-        assert isinstance(box.get("exc"), WorkerDied) and not isinstance(box["exc"], OutOfMemory)
-        assert "exited with code 137" in str(box["exc"]) or "SIGKILL" in str(box["exc"])
+        with Background(lambda: mb.call("mock", "mock:sleep", {"seconds": 20}, call_id=call_id)) as call:
+            while call_id not in srv.orch.runner.inflight:
+                time.sleep(0.01)
+            dk.containers.get(worker.handle.ref).kill()
+            exc = call.error()
+        assert isinstance(exc, WorkerDied) and not isinstance(exc, OutOfMemory)
+        assert "exited with code 137" in str(exc) or "SIGKILL" in str(exc)
         assert mb.call("mock", "mock:echo", {"ok": True}) == {"ok": True}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 
@@ -32,7 +31,7 @@ from runtimes.core.errors import (
     PayloadTooLarge,
     WorkerDied,
 )
-from tests.harness import ServerThread, make_config
+from tests.harness import Background, ServerThread, make_config
 
 MAX = 256 * 1024
 
@@ -120,25 +119,15 @@ def test_call_stream_command(mb: MLBridge) -> None:
 
 def test_cancel_running_call(mb: MLBridge) -> None:
     call_id = uuid.uuid4().hex
-    box: dict[str, BaseException] = {}
-
-    def run() -> None:
-        try:
-            mb.call("mock", "mock:sleep", {"seconds": 30}, call_id=call_id)
-        except BaseException as exc:  # noqa: BLE001
-            box["exc"] = exc
-
-    t = threading.Thread(target=run)
     started = time.monotonic()
-    t.start()
-    for _ in range(200):
-        if mb.cancel(call_id):
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail("the call never showed up as in flight")
-    t.join(10)
-    assert isinstance(box.get("exc"), Cancelled)
+    with Background(lambda: mb.call("mock", "mock:sleep", {"seconds": 30}, call_id=call_id)) as call:
+        for _ in range(200):
+            if mb.cancel(call_id):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the call never showed up as in flight")
+        assert isinstance(call.error(), Cancelled)
     assert time.monotonic() - started < 5
     assert mb.cancel(call_id) is False  # finished calls are not found
     assert mb.call("mock", "mock:echo", {"ok": 1}) == {"ok": 1}
@@ -146,23 +135,14 @@ def test_cancel_running_call(mb: MLBridge) -> None:
 
 def test_cancel_of_a_call_that_ignores_it_replaces_the_worker(mb: MLBridge, srv: ServerThread) -> None:
     call_id = uuid.uuid4().hex
-    box: dict[str, BaseException] = {}
-
-    def run() -> None:
-        try:
-            mb.call("mock", "mock:spin", {"seconds": 20}, call_id=call_id)
-        except BaseException as exc:  # noqa: BLE001
-            box["exc"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    for _ in range(200):
-        if mb.cancel(call_id):
-            break
-        time.sleep(0.02)
-    t.join(15)
-    assert isinstance(box.get("exc"), Cancelled)
-    assert box["exc"].details.get("worker_replaced") is True
+    with Background(lambda: mb.call("mock", "mock:spin", {"seconds": 20}, call_id=call_id)) as call:
+        for _ in range(200):
+            if mb.cancel(call_id):
+                break
+            time.sleep(0.02)
+        exc = call.error()
+    assert isinstance(exc, Cancelled)
+    assert exc.details.get("worker_replaced") is True
     assert mb.call("mock", "mock:echo", {"after": True}) == {"after": True}
 
 
@@ -247,22 +227,13 @@ def test_worker_death_is_reported_and_resource_rehydrated(mb: MLBridge, srv: Ser
     pool = srv.orch.pools["mock"]
     worker = pool.workers[rec.worker_id]
     call_id = uuid.uuid4().hex
-    box: dict[str, BaseException] = {}
-
-    def run() -> None:
-        try:
-            mb.call("mock", "mock:sleep", {"seconds": 20}, call_id=call_id)
-        except BaseException as exc:  # noqa: BLE001
-            box["exc"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    while call_id not in srv.orch.runner.inflight:
-        time.sleep(0.01)
-    worker.handle.ref.kill()  # the runtime process dies mid-call
-    t.join(15)
-    assert isinstance(box.get("exc"), WorkerDied)
-    assert "SIGKILL" in str(box["exc"]) and "being replaced" in str(box["exc"])
+    with Background(lambda: mb.call("mock", "mock:sleep", {"seconds": 20}, call_id=call_id)) as call:
+        while call_id not in srv.orch.runner.inflight:
+            time.sleep(0.01)
+        worker.handle.ref.kill()  # the runtime process dies mid-call
+        exc = call.error()
+    assert isinstance(exc, WorkerDied)
+    assert "SIGKILL" in str(exc) and "being replaced" in str(exc)
     # The resource is re-created from its spec on a live worker.
     assert mb.execute_resource(rid, {"add": 1}) == {"value": 101}
     assert srv.orch.registry.get("default", rid).worker_id != worker.id
