@@ -271,8 +271,20 @@ class GuardedOrchestrator(Orchestrator):
         return rec.bridge, rec.type
 
     # -- the public operations ------------------------------------------------------------
+    def _check_sync(self, caller: Caller, method: str, action: str, bridge: str | None = None) -> None:
+        """Authorise a read-only call; a denial is audited like any other."""
+        try:
+            self.policy.check(Principal(caller.tenant, caller.principal), action=action, bridge=bridge)
+        except PermissionDenied as err:
+            if self.audit is not None:
+                self.audit.record(**{k: v for k, v in {
+                    "event": "denial", "decision": "deny", "rule": err.details.get("rule"), "outcome": "denied",
+                    "error_code": err.code, "tenant": caller.tenant, "principal": caller.principal,
+                    "source": caller.source, "method": method, "bridge": bridge}.items() if v})
+            raise
+
     def list_bridges(self, caller: Caller) -> list[dict[str, Any]]:
-        self.policy.check(Principal(caller.tenant, caller.principal), action="list_bridges")
+        self._check_sync(caller, "ListBridges", "list_bridges")
         visible = set(self.policy.visible_bridges(caller.tenant, self.pools))
         return [b for b in super().list_bridges(caller) if b["name"] in visible]
 
@@ -377,8 +389,7 @@ class GuardedOrchestrator(Orchestrator):
             yield ev
 
     def list_resources(self, caller: Caller, bridge: str = "", type_: str = "") -> list[ResourceRecord]:
-        self.policy.check(Principal(caller.tenant, caller.principal), action="list_resources",
-                          bridge=bridge or None)
+        self._check_sync(caller, "ListResources", "list_resources", bridge=bridge or None)
         return super().list_resources(caller, bridge, type_)
 
     async def delete_resource(self, caller: Caller, resource_id: str) -> bool:
@@ -388,7 +399,7 @@ class GuardedOrchestrator(Orchestrator):
                                  bridge=bridge, resource_type=rtype, resource_id=resource_id)
 
     def stats(self, caller: Caller) -> dict[str, Any]:
-        self.policy.check(Principal(caller.tenant, caller.principal), action="stats")
+        self._check_sync(caller, "GetStats", "stats")
         out = super().stats(caller)
         if not self.policy.is_permissive:
             out["workers"] = [w for w in out["workers"] if w["tenant"] == caller.tenant]

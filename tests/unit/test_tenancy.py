@@ -198,3 +198,26 @@ def test_audit_log_records_and_verifies(env, alice: MLBridge, bob: MLBridge) -> 
     assert denial["rule"] == "no-crash" and denial["decision"] == "deny"
     result = verify_file(audit)
     assert result.ok, result.reason
+
+
+def test_read_only_denials_are_audited_too(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""version: 1
+tenants:
+  mute:
+    tokens: ["{digest('mute-token')}"]
+    bridges: [mock]
+    rules: [{{name: calls-only, effect: allow, actions: [call]}}]
+""")
+    policy.chmod(0o600)
+    audit = tmp_path / "audit.jsonl"
+    cfg = make_config(tmp_path, policy=str(policy), audit_log=str(audit),
+                      bridges={"mock": {"runtime": "mock", "pool_size": 1}})
+    with ServerThread(cfg) as srv, MLBridge.connect(srv.target, token="mute-token") as mb:
+        for op in (mb.list_bridges, mb.list_resources, mb.stats):
+            with pytest.raises(PermissionDenied):
+                op()
+    denials = [json.loads(line) for line in audit.read_text().splitlines() if '"denial"' in line]
+    assert {d["method"] for d in denials} == {"ListBridges", "ListResources", "GetStats"}
+    assert all(d["tenant"] == "mute" and d["rule"] for d in denials)
+    assert verify_file(audit).ok
