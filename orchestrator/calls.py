@@ -73,12 +73,14 @@ class CallRunner:
         self.inflight[req.call_id] = fl
         worker.in_flight += 1
         worker.calls += 1
+        worker.last_used = time.monotonic()
         return fl
 
     def _end(self, fl: InFlight) -> None:
         if self.inflight.get(fl.call_id) is fl:
             del self.inflight[fl.call_id]
         fl.worker.in_flight -= 1
+        fl.worker.last_used = time.monotonic()
 
     async def unary(self, tenant: str, pool: Pool, worker: Worker, req: rpb.CallRequest, timeout: float) -> Reply:
         fl = self._begin(req, tenant, pool, worker, timeout)

@@ -108,6 +108,9 @@ class BridgeConfig(BaseModel):
     call_timeout_s: float = Field(300.0, gt=0, description="default per-call deadline")
     start_timeout_s: float = Field(60.0, gt=0, description="how long a worker may take to become ready")
     cancel_grace_s: float = Field(3.0, gt=0, description="after cancel/deadline, time before the worker is killed")
+    release_idle_s: float = Field(900.0, gt=0, description=(
+        "a claimed worker unused this long is released (destroyed); its tenant's resources are "
+        "re-created from their specs on next use"))
     adapter: str | None = Field(None, description="client adapter import string (module:Class)")
 
 

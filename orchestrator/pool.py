@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -86,6 +87,10 @@ class Pool:
                         continue
                     if worker.in_flight:
                         misses.pop(worker.id, None)
+                        continue
+                    if worker.tenant and time.monotonic() - worker.last_used > self.cfg.release_idle_s:
+                        # Released: a claimed worker is never reused for anyone, so it is destroyed.
+                        await self._destroy(worker, f"released after {self.cfg.release_idle_s:g}s idle", kill=False)
                         continue
                     if await worker.healthy(PROBE_TIMEOUT_S):
                         misses.pop(worker.id, None)

@@ -45,6 +45,7 @@ class Worker:
     in_flight: int = 0
     started_at: float = field(default_factory=time.monotonic)
     ready_after_s: float = 0.0
+    last_used: float = field(default_factory=time.monotonic)
     channel: grpc.aio.Channel | None = None
     stub: rpb_grpc.RuntimeStub | None = None
     death: str = ""

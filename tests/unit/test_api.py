@@ -377,3 +377,22 @@ def test_client_going_away_stops_the_handler(srv: ServerThread, command: str) ->
             time.sleep(0.05)
         assert worker.id not in pool.workers
         assert "kept running after its client went away" in worker.death
+
+
+def test_idle_claimed_worker_is_released_and_resources_come_back(tmp_path) -> None:
+    cfg = make_config(tmp_path, bridges={"mock": {"runtime": "mock", "pool_size": 1, "release_idle_s": 1}})
+    with ServerThread(cfg) as srv, MLBridge.connect(srv.target) as mb:
+        rid = mb.create_resource("mock", "counter", {"start": 5})
+        pool = srv.orch.pools["mock"]
+        first = pool.claimed("default")[0]
+        deadline = time.monotonic() + 15
+        while first.id in pool.workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first.id not in pool.workers and first.death.startswith("released after 1s idle")
+        while first.handle.ref.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.handle.ref.returncode is not None  # destroyed, not parked
+        assert pool.claimed("default") == []
+        # Next use: a fresh worker, the resource re-created from its spec.
+        assert mb.execute_resource(rid, {"add": 1}) == {"value": 6}
+        assert pool.claimed("default")[0].id != first.id
