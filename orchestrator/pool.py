@@ -218,13 +218,14 @@ class Pool:
         return len(mine)
 
     async def _destroy(self, worker: Worker, reason: str, *, kill: bool) -> None:
+        usage = self.backend.usage(worker.handle)  # while it still runs: totals for the audit log
         self.workers.pop(worker.id, None)
         worker.state = "dead"
         worker.death = worker.death or reason
         await worker.close()
         with contextlib.suppress(Exception):
             await self.backend.stop(worker.handle, kill=kill, timeout=5.0)
-        await self._emit("worker_kill" if kill else "worker_stop", worker, {"reason": reason})
+        await self._emit("worker_kill" if kill else "worker_stop", worker, {"reason": reason, "usage": usage})
 
     async def _emit(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
         if self.on_event is not None:

@@ -117,6 +117,10 @@ class Backend(abc.ABC):
         """Resource usage (memory bytes, cpu) when known."""
         return {}
 
+    def usage(self, handle: WorkerHandle) -> dict[str, int]:
+        """Cheap totals for the audit log while the worker still runs (peak memory, CPU time), {} when unknown."""
+        return {}
+
     async def list(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Workers this backend runs whose labels include ``labels``."""
         return []

@@ -49,7 +49,7 @@ from .docker_render import (
     render_run_kwargs,
     split_run_kwargs,
 )
-from .docker_state import cgroup_oom_kills, exit_info_from_state, memory_stats
+from .docker_state import cgroup_oom_kills, cgroup_usage, exit_info_from_state, memory_stats
 from .gpus import GpuInventory
 
 __all__ = ["DockerBackend", "default_image"]
@@ -360,6 +360,9 @@ class DockerBackend(Backend):
         if cid in self._final:
             return self._final[cid]
         return await self._run(f"inspect worker {handle.worker_id}", self._final_info, cid)
+
+    def usage(self, handle: WorkerHandle) -> dict[str, int]:
+        return cgroup_usage(str(handle.ref))
 
     async def apply_limits(self, handle: WorkerHandle, limits: dict[str, Any]) -> bool:
         """Lower a running worker's cgroup limits in place (``cpus``, ``memory_bytes``, ``pids``).

@@ -116,3 +116,35 @@ def cgroup_oom_kills(cid: str, root: Path = Path("/sys/fs/cgroup")) -> int | Non
                 return int(value)
         return None
     return None
+
+
+def cgroup_usage(cid: str, root: Path = Path("/sys/fs/cgroup")) -> dict[str, int]:
+    """Peak memory and CPU time of a running container, read on the host ({} when unknown).
+
+    cgroup v1 (cgroupfs or systemd driver): ``memory.max_usage_in_bytes`` and
+    ``cpuacct.usage``; cgroup v2: ``memory.peak`` (where the kernel has it) and
+    ``cpu.stat`` ``usage_usec``.
+    """
+    if not _CONTAINER_ID.match(cid):
+        return {}
+    out: dict[str, int] = {}
+    for rel in (Path("docker") / cid, Path("system.slice") / f"docker-{cid}.scope"):
+        for key, path, scale in (
+            ("memory_peak_bytes", root / "memory" / rel / "memory.max_usage_in_bytes", 1),
+            ("cpu_ns", root / "cpuacct" / rel / "cpuacct.usage", 1),
+            ("memory_peak_bytes", root / rel / "memory.peak", 1),
+        ):
+            if key in out:
+                continue
+            try:
+                out[key] = int(path.read_text().strip()) * scale
+            except (OSError, ValueError):
+                pass
+        try:
+            for line in (root / rel / "cpu.stat").read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "usage_usec" and "cpu_ns" not in out:
+                    out["cpu_ns"] = int(value) * 1000
+        except (OSError, ValueError):
+            pass
+    return out

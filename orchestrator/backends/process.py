@@ -93,6 +93,21 @@ class ProcessBackend(Backend):
         except (OSError, ValueError, IndexError):
             return {}
 
+    def usage(self, handle: WorkerHandle) -> dict[str, int]:
+        proc: asyncio.subprocess.Process = handle.ref
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return {}
+        out: dict[str, int] = {}
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                out["memory_peak_bytes"] = int(line.split()[1]) * 1024
+        ticks = os.sysconf("SC_CLK_TCK")
+        out["cpu_ns"] = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // ticks  # utime + stime
+        return out
+
     def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         try:
             text = (handle.socket_dir / "worker.log").read_text(errors="replace")

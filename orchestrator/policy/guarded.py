@@ -187,8 +187,10 @@ class GuardedOrchestrator(Orchestrator):
             ip = self._egress_ips.pop(worker.id)
             if self.egress is not None:
                 self.egress.revoke(ip, worker_id=worker.id)
+        extra = dict(extra)
+        usage = extra.pop("usage", None) or None
         await self._record(event=event, bridge=worker.bridge, worker_id=worker.id, tenant=worker.tenant or None,
-                           image_id=worker.handle.image_id, outcome="ok", extra=extra)
+                           image_id=worker.handle.image_id, outcome="ok", usage=usage, extra=extra)
 
     async def _apply_tenant_limits(self, worker: Worker, tenant: str) -> None:
         """A tenant may lower its workers' limits below the operator's, never raise them."""

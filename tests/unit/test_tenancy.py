@@ -194,7 +194,7 @@ def test_audit_log_records_and_verifies(env, alice: MLBridge, bob: MLBridge) -> 
         "sha256:" + hashlib.sha256(b"print('hi')").hexdigest() or call["code_sha256"].endswith(
         hashlib.sha256(b"print('hi')").hexdigest())
     assert "print('hi')" not in audit.read_text()
-    denial = next(r for r in records if r["event"] == "denial")
+    denial = next(r for r in records if r["event"] == "denial" and r["tenant"] == "bob")
     assert denial["rule"] == "no-crash" and denial["decision"] == "deny"
     result = verify_file(audit)
     assert result.ok, result.reason
@@ -220,4 +220,20 @@ tenants:
     denials = [json.loads(line) for line in audit.read_text().splitlines() if '"denial"' in line]
     assert {d["method"] for d in denials} == {"ListBridges", "ListResources", "GetStats"}
     assert all(d["tenant"] == "mute" and d["rule"] for d in denials)
+    assert verify_file(audit).ok
+
+
+def test_worker_records_carry_usage(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    policy.chmod(0o600)
+    audit = tmp_path / "audit.jsonl"
+    cfg = make_config(tmp_path, policy=str(policy), audit_log=str(audit),
+                      bridges={"mock": {"runtime": "mock", "pool_size": 1}})
+    with ServerThread(cfg) as srv, MLBridge.connect(srv.target, token="alice-token") as mb:
+        mb.call("mock", "mock:allocate", {"mb": 40})
+    stops = [json.loads(line) for line in audit.read_text().splitlines() if '"worker_stop"' in line]
+    alice = next(r for r in stops if r.get("tenant") == "alice")
+    assert alice["usage"]["memory_peak_bytes"] > 40 * 1024 * 1024  # the 40 MB it held shows
+    assert alice["usage"]["cpu_ns"] > 0
     assert verify_file(audit).ok
