@@ -200,7 +200,21 @@ class Pool:
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
         await self._emit("worker_claim", worker, {"tenant": tenant})
         self._refill()  # after the claim, so starting the replacement does not slow it down
+        self._background(self.backend.mark_tenant(worker.handle, tenant), f"name {worker.id} after its tenant")
         return worker
+
+    def _background(self, coro: Any, what: str) -> None:
+        """Run housekeeping off the caller's path; failures are logged, never raised."""
+
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001
+                log.warning("bridge %s: could not %s: %s", self.name, what, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._refill_tasks.add(task)
+        task.add_done_callback(self._refill_tasks.discard)
 
     # -- retiring --------------------------------------------------------------
     async def retire(self, worker: Worker, reason: str, *, kill: bool = True) -> None:

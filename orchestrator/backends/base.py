@@ -109,6 +109,9 @@ class Backend(abc.ABC):
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
         """None while running, else how it ended."""
 
+    async def mark_tenant(self, handle: WorkerHandle, tenant: str) -> None:
+        """Make a claimed worker's tenant visible to the engine's own tools (no-op by default)."""
+
     async def apply_limits(self, handle: WorkerHandle, limits: dict[str, Any]) -> bool:
         """Lower a running worker's limits (``cpus``, ``memory_bytes``, ``pids``); False if unsupported."""
         return False

@@ -361,6 +361,18 @@ class DockerBackend(Backend):
             return self._final[cid]
         return await self._run(f"inspect worker {handle.worker_id}", self._final_info, cid)
 
+    async def mark_tenant(self, handle: WorkerHandle, tenant: str) -> None:
+        """Rename a claimed container to ``<name>.<tenant>``: labels cannot change on a running
+        container, names can, so ``docker ps --filter name=.<tenant>`` finds a tenant's workers."""
+        cid = str(handle.ref)
+
+        def rename() -> None:
+            api = self._docker().api
+            name = str(api.inspect_container(cid)["Name"]).lstrip("/")
+            api.rename(cid, f"{name}.{tenant}")
+
+        await self._run(f"name worker {handle.worker_id} after its tenant", rename)
+
     def usage(self, handle: WorkerHandle) -> dict[str, int]:
         return cgroup_usage(str(handle.ref))
 

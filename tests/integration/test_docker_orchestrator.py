@@ -44,6 +44,10 @@ def test_serves_from_hardened_containers(srv: ServerThread, dk: docker.DockerCli
     with MLBridge.connect(srv.target) as mb:
         assert mb.call("mock", "mock:echo", {"x": 1}) == {"x": 1}
         assert mb.list_bridges()[0]["backend"] == "docker"
+    claimed = srv.orch.pools["mock"].claimed("default")[0]
+    deadline = time.monotonic() + 10  # the rename runs in the background after the claim
+    while not dk.containers.get(claimed.handle.ref).name.endswith(".default") and time.monotonic() < deadline:
+        time.sleep(0.05)
     containers = ours(dk, srv)
     assert len(containers) >= 2
     for c in containers:
@@ -62,7 +66,9 @@ def test_serves_from_hardened_containers(srv: ServerThread, dk: docker.DockerCli
         assert [m["Destination"] for m in a["Mounts"]] == ["/run/mlbridge"]
         labels = a["Config"]["Labels"]
         assert labels["io.mlbridge.orchestrator"] == srv.orch.id and labels["io.mlbridge.bridge"] == "mock"
-        assert labels["io.mlbridge.worker"] in srv.orch.pools["mock"].workers
+        worker = srv.orch.pools["mock"].workers[labels["io.mlbridge.worker"]]
+        # A claimed container carries its tenant in its name (labels cannot change once it runs).
+        assert a["Name"].endswith(".default") == (worker.tenant == "default"), (a["Name"], worker.tenant)
 
 
 def test_out_of_memory_is_reported_and_the_worker_replaced(srv: ServerThread) -> None:
