@@ -158,7 +158,7 @@ class Bridge:
 
     def framework_version(self) -> str:
         """The framework's version string ("" when the bridge has none)."""
-        return _dist_version(self.framework) if self.framework else ""
+        return dist_version(self.framework) if self.framework else ""
 
     def translate_error(self, exc: BaseException) -> MLBridgeError | None:
         """Map a framework exception to an mlbridge error; None uses the default.
@@ -206,7 +206,8 @@ class Bridge:
         return FrameworkError(flatten_exception(exc), details={"_flattened": True})
 
 
-def _dist_version(dist: str) -> str:
+def dist_version(dist: str) -> str:
+    """The installed version of a distribution, "" when it is not installed."""
     from importlib import metadata
 
     try:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from typing import TYPE_CHECKING, Any
 
 from .bridge import Resource, command
 from .context import CallContext
-from .errors import AlreadyExists, InvalidArgument, NotFound
+from .errors import AlreadyExists, InvalidArgument
+from .jsonio import check_schema
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
 
-_ID_SCHEMA = {"type": "object", "properties": {"type": {"type": "string"}}}
+_TYPE_FILTER_SCHEMA = {"type": "object", "properties": {"type": {"type": "string"}}}
 
 
 def rss_bytes() -> int:
@@ -53,7 +53,7 @@ class CommonCommands:
     def get_stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.d.stats()
 
-    @command("list_resources", description="Resources held by this worker", schema=_ID_SCHEMA, inline=True)
+    @command("list_resources", description="Resources held by this worker", schema=_TYPE_FILTER_SCHEMA, inline=True)
     def list_resources(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         want = args.get("type")
         return {
@@ -77,8 +77,6 @@ class CommonCommands:
         if rid in self.d.resources:
             raise AlreadyExists(f"resource {rid!r} already exists")
         cls: type[Resource] = self.d.bridge.resource_type(ctx.resource_type)
-        from .jsonio import check_schema
-
         check_schema(args, cls.config_schema, f"config of {ctx.resource_type!r}")
         res = cls(self.d.bridge, rid, args)
         info = res.create(ctx)
@@ -103,11 +101,3 @@ class CommonCommands:
             self.d.resources.pop(rid, None)
             self.d.created.pop(rid, None)
         return {"deleted": True, "resource_id": rid}
-
-
-def runtime_facts() -> dict[str, str]:
-    return {"python_version": platform.python_version()}
-
-
-def missing_resource(rid: str) -> NotFound:
-    return NotFound(f"resource {rid!r} not found")

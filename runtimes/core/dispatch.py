@@ -23,7 +23,7 @@ from typing import Any
 import runtimes
 
 from . import common
-from .bridge import Bridge, CommandSpec, Resource
+from .bridge import Bridge, CommandSpec, Resource, dist_version
 from .context import CallContext
 from .errors import (
     Cancelled,
@@ -147,8 +147,8 @@ class Dispatcher:
             }
             for t in b.types.values()
         ]
-        pkgs = {p: v for p in (b.framework, *b.packages) if p and (v := _version(p))}
-        pkgs.update({p: v for p in ("grpcio", "protobuf") if (v := _version(p))})
+        pkgs = {p: v for p in (b.framework, *b.packages) if p and (v := dist_version(p))}
+        pkgs.update({p: v for p in ("grpcio", "protobuf") if (v := dist_version(p))})
         return {
             "bridge": b.name,
             "framework": b.framework,
@@ -373,12 +373,3 @@ def _drain(gen: Any, ctx: CallContext) -> Any:
     finally:
         gen.close()
     return None if ctx.streaming else {"chunks": chunks}
-
-
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return ""

@@ -22,6 +22,7 @@ from runtimes.proto import runtime_pb2_grpc as pb_grpc
 from .bridge import Bridge
 from .dispatch import Dispatcher, Outcome
 from .errors import MLBridgeError, public_details
+from .jsonio import encode
 from .loader import load_bridge_class
 
 log = logging.getLogger("mlbridge.runtime")
@@ -93,8 +94,6 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
         async for kind, payload in self.d.stream(fields, request.args_json):
             if kind == "chunk":
                 try:
-                    from .jsonio import encode
-
                     data = encode(payload, self.d.max_message_bytes - 4096, f"chunk of {request.command}")
                 except MLBridgeError as err:
                     self.d.cancel(cid)
