@@ -19,83 +19,80 @@ import argparse
 import asyncio
 import statistics
 import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from benchmarks._common import machine, percentiles
 from orchestrator.backends.base import Backend
 from orchestrator.backends.docker import DockerBackend
 from orchestrator.backends.process import ProcessBackend
-from orchestrator.config import BridgeConfig
+from orchestrator.claims import NO_SETTINGS, ClaimPipeline
+from orchestrator.config import BridgeConfig, Config
 from orchestrator.pool import Pool
+from orchestrator.registry import Registry
 from orchestrator.worker import Worker
-from runtimes.proto import runtime_pb2 as rpb
+from runtimes.wire.proto import runtime_pb2 as rpb
 
 IMAGE = "mlbridge/mock:0.1.0"
 CFG = BridgeConfig(runtime="mock", pool_size=4, max_workers=64, limits={"cpus": 0.5, "memory": "256m", "pids": 128})
 
 
-def _pool(backend: Backend, root: Path, size: int) -> Pool:
+def _pool(backend: Backend, size: int) -> Pool:
     cfg = CFG.model_copy(update={"pool_size": size})
-    return Pool("mock", cfg, backend, orchestrator_id=f"bench-{uuid.uuid4().hex[:6]}", socket_root=root,
-                max_message_bytes=16 << 20)
+    claims = ClaimPipeline(backend, Registry(":memory:"), NO_SETTINGS)
+    return Pool("mock", cfg, backend, orchestrator_id=f"bench-{uuid.uuid4().hex[:6]}", max_message_bytes=16 << 20,
+                claims=claims)
 
 
 async def pool_ready(backend: Backend, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
-        with tempfile.TemporaryDirectory(prefix="mlb-") as root:
-            pool = _pool(backend, Path(root), 4)
-            t = time.perf_counter()
-            await pool.start()
-            out.append((time.perf_counter() - t) * 1000)
-            assert pool.ready_count == 4
-            await pool.stop()
+        pool = _pool(backend, 4)
+        t = time.perf_counter()
+        await pool.start()
+        out.append((time.perf_counter() - t) * 1000)
+        assert pool.ready_count == 4
+        await pool.stop()
     return out
 
 
 async def cold_start(backend: Backend, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
-        with tempfile.TemporaryDirectory(prefix="mlb-") as root:
-            pool = _pool(backend, Path(root), 0)
-            t = time.perf_counter()
-            worker = await pool._start_worker()
-            assert worker.session is not None
-            reply = await worker.session.request(rpb.CallRequest(call_id="1", command="common:ping"))
-            out.append((time.perf_counter() - t) * 1000)
-            assert reply.ok
-            await pool.stop()
+        pool = _pool(backend, 0)
+        t = time.perf_counter()
+        worker = await pool._start_worker()
+        assert worker.session is not None
+        reply = await worker.session.request(rpb.CallRequest(call_id="1", command="common:ping"))
+        out.append((time.perf_counter() - t) * 1000)
+        assert reply.ok
+        await pool.stop()
     return out
 
 
 async def claim(backend: Backend, runs: int) -> list[float]:
-    with tempfile.TemporaryDirectory(prefix="mlb-") as root:
-        pool = _pool(backend, Path(root), 2)
-        await pool.start()
-        out = []
-        for i in range(runs):
-            while pool._spares.qsize() < 1 or pool._starting:  # a pool at rest, outside the timing
-                await asyncio.sleep(0.01)
-            t = time.perf_counter()
-            w = await pool.acquire(f"tenant-{i}")
-            out.append((time.perf_counter() - t) * 1000)
-            assert w.tenant == f"tenant-{i}"
-        await pool.stop()
+    pool = _pool(backend, 2)
+    await pool.start()
+    out = []
+    for i in range(runs):
+        while pool._spares.qsize() < 1 or pool._starting:  # a pool at rest, outside the timing
+            await asyncio.sleep(0.01)
+        t = time.perf_counter()
+        w = await pool.acquire(f"tenant-{i}")
+        out.append((time.perf_counter() - t) * 1000)
+        assert w.tenant == f"tenant-{i}"
+    await pool.stop()
     return out
 
 
 async def idle_memory(backend: DockerBackend) -> float:
-    with tempfile.TemporaryDirectory(prefix="mlb-") as root:
-        pool = _pool(backend, Path(root), 0)
-        worker: Worker = await pool._start_worker()
-        assert worker.session is not None
-        await worker.session.request(rpb.CallRequest(call_id="1", command="mock:echo", args_json=b"{}"))
-        await asyncio.sleep(2)
-        stats = await backend.stats(worker.handle, max_age_s=0)
-        await pool.stop()
+    pool = _pool(backend, 0)
+    worker: Worker = await pool._start_worker()
+    assert worker.session is not None
+    await worker.session.request(rpb.CallRequest(call_id="1", command="mock:echo", args_json="{}"))
+    await asyncio.sleep(2)
+    stats = await backend.stats(worker.handle, max_age_s=0)
+    await pool.stop()
     return stats["memory_bytes"] / 1e6
 
 
@@ -131,7 +128,7 @@ def line(name: str, samples: list[float], target: str = "") -> str:
 
 async def main(runs: int) -> None:
     docker_backend = DockerBackend()
-    await docker_backend.prepare({"mock": CFG})
+    await docker_backend.prepare(Config(bridges={"mock": CFG}))
     process_backend = ProcessBackend()
     print(f"machine: {machine()}")
     print(f"runs: {runs}; image {IMAGE}; limits cpus 0.5, memory 256m, pids 128; times in ms")
@@ -152,6 +149,7 @@ async def main(runs: int) -> None:
     print(f"{'  baseline: idle python3 in the same image':<52} {base:8.1f} MB  ratio {mem / base:.2f}x")
     print(f"pool ratio docker/process p50: {statistics.median(d_pool) / statistics.median(p_pool):.2f}x")
     await docker_backend.close()
+    await process_backend.close()
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import grpc
 
 from benchmarks._common import machine, percentiles, raw_echo_server, served_orchestrator
 from orchestrator import MLBridge
-from runtimes.proto import runtime_pb2 as pb
-from runtimes.proto import runtime_pb2_grpc as pb_grpc
+from runtimes.wire.proto import runtime_pb2 as pb
+from runtimes.wire.proto import runtime_pb2_grpc as pb_grpc
 
 ARGS = {"x": 1}
 PAYLOAD = json.dumps(ARGS).encode()

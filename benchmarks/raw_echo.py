@@ -7,8 +7,8 @@ import sys
 
 import grpc
 
-from runtimes.proto import runtime_pb2 as pb
-from runtimes.proto import runtime_pb2_grpc as pb_grpc
+from runtimes.wire.proto import runtime_pb2 as pb
+from runtimes.wire.proto import runtime_pb2_grpc as pb_grpc
 
 
 class Echo(pb_grpc.RuntimeServicer):

@@ -3,7 +3,7 @@
 ``from orchestrator import MLBridge`` is all a Python user needs.
 """
 
-from runtimes.core.errors import (
+from runtimes.wire.errors import (
     Cancelled,
     DeadlineExceeded,
     FrameworkError,
@@ -16,10 +16,9 @@ from runtimes.core.errors import (
     Unavailable,
     UnknownCommand,
 )
+from runtimes.wire.version import __version__ as __version__
 
 from .client import AsyncMLBridge, CallResult, Event, MLBridge
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncMLBridge",

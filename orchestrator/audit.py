@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runtimes.core.errors import ConfigError, InternalError, InvalidArgument
+from runtimes.wire.errors import ConfigError, InternalError, InvalidArgument
 
 __all__ = [
     "EVENTS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 from .audit import verify_file
 

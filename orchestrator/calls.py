@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from runtimes.core.errors import (
+from runtimes.wire.errors import (
     AlreadyExists,
     Cancelled,
     DeadlineExceeded,
@@ -29,8 +28,9 @@ from runtimes.core.errors import (
     WorkerDied,
     error_from_wire,
 )
-from runtimes.core.metadata import CREATED_RESOURCES
-from runtimes.proto import runtime_pb2 as rpb
+from runtimes.wire.metadata import CREATED_RESOURCES
+from runtimes.wire.payload import loads_lenient
+from runtimes.wire.proto import runtime_pb2 as rpb
 
 from .pool import Pool
 from .session import SessionBroken
@@ -39,8 +39,10 @@ from .worker import Worker
 
 @dataclass
 class Reply:
+    """A call's answer: its JSON result text, attachments, reply metadata, and the worker that served it."""
+
     call_id: str
-    result: bytes
+    result: str
     attachments: dict[str, bytes] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     worker_id: str = ""
@@ -220,7 +222,7 @@ class CallRunner:
             return WorkerDied(f"worker {fl.worker.id} stopped answering during call {fl.call_id} "
                               f"({what}); it was killed and is being replaced")
         if info.memory_limit is None:
-            info.memory_limit = fl.pool.cfg.limits.memory_bytes if fl.pool.backend.name == "docker" else None
+            info.memory_limit = fl.pool.cfg.limits.memory_bytes if fl.pool.backend.enforces_limits else None
         await fl.pool.retire(fl.worker, info.describe())
         cls = OutOfMemory if info.oom_killed else WorkerDied
         return cls(f"worker {fl.worker.id} of bridge {fl.pool.name!r} {info.describe()} during call "
@@ -231,11 +233,7 @@ class CallRunner:
 
 def created_resources(reply: Reply) -> list[dict[str, Any]]:
     """Resources a handler created as a side effect (metadata ``mlbridge-created-resources``)."""
-    raw = reply.metadata.get(CREATED_RESOURCES)
-    if not raw:
-        return []
-    try:
-        items = json.loads(raw)
-    except ValueError:
+    items = loads_lenient(reply.metadata.get(CREATED_RESOURCES, ""), [])
+    if not isinstance(items, list):
         return []
     return [i for i in items if isinstance(i, dict) and isinstance(i.get("resource_id"), str)]

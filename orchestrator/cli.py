@@ -11,9 +11,9 @@ import sys
 import warnings
 from typing import Any
 
-from runtimes.core.errors import MLBridgeError
-from runtimes.core.loop import run as run_loop
-from runtimes.core.metadata import DEPRECATED
+from runtimes.wire.aio import run as run_loop
+from runtimes.wire.errors import MLBridgeError
+from runtimes.wire.metadata import DEPRECATED
 
 from .client import MLBridge
 
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the orchestrator")
     s.add_argument("--config", help="YAML config (default: the shipped default config)")
     s.add_argument("--listen", help="host:port or unix:///path (default 127.0.0.1:50051)")
-    s.add_argument("--backend", choices=["process", "docker"], help="worker backend (default from config)")
+    s.add_argument("--backend", help="worker backend: process, docker, or any installed in mlbridge.backends "
+                   "(default from config)")
     s.add_argument("--policy", help="policy file (tenants, tokens, rules, quotas)")
     s.add_argument("--audit-log", help="append-only audit log file")
     s.add_argument("--state-dir", help="where the resource registry lives (default from config)")

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import metadata, resources
+from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.caps import DEFAULT_MAX_MESSAGE_BYTES
+from runtimes.wire.errors import ConfigError
 
 ENV_PREFIX = "MLBRIDGE_"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
@@ -73,6 +75,27 @@ class Limits(BaseModel):
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """Limits of one running worker that can be changed in place; None leaves one as it is."""
+
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    pids: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def below(self, ceiling: Limits) -> WorkerLimits:
+        """Only the values lower than the operator's ``ceiling``: a tenant may lower limits, never raise them."""
+        return WorkerLimits(
+            cpus=self.cpus if self.cpus and self.cpus < ceiling.cpus else None,
+            memory_bytes=self.memory_bytes if self.memory_bytes and self.memory_bytes < ceiling.memory_bytes
+            else None,
+            pids=self.pids if self.pids and self.pids < ceiling.pids else None,
+        )
 
 
 class TLSConfig(BaseModel):
@@ -120,10 +143,11 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_bridge: str = Field("mock", description="bridge used when a call names none")
-    backend: Literal["process", "docker"] = Field("process", description="worker backend")
+    backend: str = Field("process", description=(
+        "worker backend: an entry point name in mlbridge.backends (process, docker) or 'module:Class'"))
     listen: str = Field("127.0.0.1:50051", description="host:port or unix:///path")
     state_dir: Path = Field(default_factory=lambda: default_state_dir(), description="sqlite, sockets, images.json")
-    max_message_bytes: int = Field(16 * 1024 * 1024, gt=1024, le=512 * 1024 * 1024,
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=1024, le=512 * 1024 * 1024,
                                    description="gRPC message cap, both directions, both hops")
     max_stream_buffer: int = Field(256, gt=0, description="events buffered per stream before backpressure")
     policy: Path | None = Field(None, description="policy file; none means single-tenant, all allowed")
@@ -205,10 +229,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
 
 
 def check_environment(cfg: Config, env: dict[str, str] | None = None) -> None:
-    """Startup checks: required env vars and (process backend) packages.
+    """Startup check: every bridge's required environment variables are set (backends check the rest).
 
     Raises:
-        ConfigError: naming each missing variable or package and how to fix it.
+        ConfigError: naming each missing variable and how to fix it.
     """
     env = dict(os.environ if env is None else env)
     problems: list[str] = []
@@ -219,14 +243,5 @@ def check_environment(cfg: Config, env: dict[str, str] | None = None) -> None:
                     f"bridge {name!r} needs environment variable {var}: export {var}=... "
                     f"before `mlbridge serve`, or remove it from bridges.{name}.required_env"
                 )
-        if cfg.backend == "process":
-            for pkg in b.required_packages:
-                try:
-                    metadata.version(pkg)
-                except metadata.PackageNotFoundError:
-                    problems.append(
-                        f"bridge {name!r} needs package {pkg!r}, which is not installed: "
-                        f"pip install {pkg} (or use --backend docker with its image)"
-                    )
     if problems:
         raise ConfigError("mlbridge cannot start:\n  " + "\n  ".join(problems))

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 __all__ = [
     "EgressDecision",

@@ -1,4 +1,4 @@
-"""The one table from mlbridge error codes to gRPC status, and back.
+"""mlbridge errors as gRPC statuses, and back (the table itself is the wire kernel's).
 
 Servers turn an :class:`MLBridgeError` into a gRPC status with a
 ``google.rpc.ErrorInfo`` detail (reason = mlbridge code, metadata = details)
@@ -16,7 +16,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from runtimes.core.errors import (
+from runtimes.wire.errors import (
+    GRPC_STATUS,
     InternalError,
     MLBridgeError,
     error_class,
@@ -25,27 +26,8 @@ from runtimes.core.errors import (
 
 DOMAIN = "mlbridge.dev"
 
-STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
-    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
-    "UNKNOWN_COMMAND": grpc.StatusCode.INVALID_ARGUMENT,
-    "INVALID_RESULT": grpc.StatusCode.INTERNAL,
-    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "UNKNOWN_BRIDGE": grpc.StatusCode.NOT_FOUND,
-    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
-    "FRAMEWORK_ERROR": grpc.StatusCode.ABORTED,
-    "PAYLOAD_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "CANCELLED": grpc.StatusCode.CANCELLED,
-    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
-    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
-    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
-    "WORKER_DIED": grpc.StatusCode.UNAVAILABLE,
-    "OUT_OF_MEMORY": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
-    "IMAGE_MISMATCH": grpc.StatusCode.FAILED_PRECONDITION,
-    "INTERNAL": grpc.StatusCode.INTERNAL,
-}
+#: The kernel's code table (:data:`runtimes.wire.errors.GRPC_STATUS`) as gRPC status codes.
+STATUS_BY_CODE: dict[str, grpc.StatusCode] = {code: grpc.StatusCode[name] for code, name in GRPC_STATUS.items()}
 
 
 def grpc_code(err: MLBridgeError) -> grpc.StatusCode:

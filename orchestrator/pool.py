@@ -1,10 +1,17 @@
 """Per-bridge worker pools: warm tenant-neutral spares, claims, replacement.
 
 A pool keeps ``pool_size`` ready spares. The first call of a tenant claims a
-spare: the worker is handed that tenant (and its secrets) by a Configure RPC
-and serves only that tenant for the rest of its life; the pool refills the
-spare in the background. A worker that dies or misbehaves is retired (killed)
-and its place refilled. Released workers are destroyed, never reused.
+spare: the :class:`~orchestrator.claims.ClaimPipeline` hands the worker to
+that tenant (limits, secrets, egress, Configure, replay, naming, in that
+order), and it serves only that tenant for the rest of its life; the pool
+refills the spare in the background. A worker that dies or misbehaves is
+retired (killed) and its place refilled. Released workers are destroyed,
+never reused. Stopping drains: workers take no new calls, and those in
+flight get a grace period to finish.
+
+What happens to workers is told to the pool's listeners as events
+(``worker_start``, ``worker_claim``, ``worker_stop``, ``worker_kill``); the
+audit log and the egress proxy listen, the pool knows neither.
 """
 
 from __future__ import annotations
@@ -14,13 +21,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from runtimes.core.errors import MLBridgeError, QuotaExceeded, Unavailable
+from runtimes.wire.errors import MLBridgeError, QuotaExceeded, Unavailable
 
 from .backends.base import Backend, WorkerSpec
+from .claims import ClaimPipeline
 from .config import BridgeConfig
 from .worker import Worker
 
@@ -28,27 +35,35 @@ log = logging.getLogger("mlbridge.pool")
 
 MONITOR_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 2.0
+#: How long stopping waits for calls in flight before it stops their workers.
+DRAIN_S = 5.0
 
-EventHook = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
-SecretsFor = Callable[[str, str, Worker], Awaitable[dict[str, str]]]
-ClaimEnv = Callable[[str, str, Worker], Awaitable[dict[str, str]]]
+Listener = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
 
 
 class Pool:
-    """Workers of one bridge."""
+    """Workers of one bridge.
+
+    Args:
+        name: the bridge.
+        cfg: its configuration.
+        backend: runs the workers.
+        orchestrator_id: labels every worker (the reaper's key).
+        max_message_bytes: the message cap of the control channel.
+        claims: hands a spare to a tenant.
+        listeners: told of every worker event.
+    """
 
     def __init__(self, name: str, cfg: BridgeConfig, backend: Backend, *, orchestrator_id: str,
-                 socket_root: Path, max_message_bytes: int, secrets_for: SecretsFor | None = None,
-                 on_event: EventHook | None = None, claim_env: ClaimEnv | None = None) -> None:
+                 max_message_bytes: int, claims: ClaimPipeline,
+                 listeners: Sequence[Listener] = ()) -> None:
         self.name = name
         self.cfg = cfg
         self.backend = backend
         self.orchestrator_id = orchestrator_id
-        self.socket_root = socket_root
         self.max_message_bytes = max_message_bytes
-        self.secrets_for = secrets_for
-        self.claim_env = claim_env
-        self.on_event = on_event
+        self.claims = claims
+        self.listeners = tuple(listeners)
         self.workers: dict[str, Worker] = {}
         self._spares: asyncio.Queue[Worker] = asyncio.Queue()
         self._starting = 0
@@ -102,13 +117,23 @@ class Pool:
                 except Exception as exc:  # noqa: BLE001 - the watch must go on
                     log.warning("bridge %s: health watch of %s failed: %s", self.name, worker.id, exc)
 
-    async def stop(self) -> None:
-        """Drain: stop taking claims, stop every worker gracefully."""
+    async def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Drain, then stop every worker gracefully.
+
+        No claim and no new call is taken (workers turn ``draining``); calls in
+        flight get up to ``drain_s`` seconds to finish before their workers stop.
+        """
         self.closed = True
         if self._monitor is not None:
             self._monitor.cancel()
         for t in list(self._refill_tasks):
             t.cancel()
+        for w in self.workers.values():
+            if w.state == "ready":
+                w.state = "draining"
+        deadline = time.monotonic() + drain_s
+        while any(w.in_flight for w in self.workers.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         await asyncio.gather(*(self._destroy(w, "orchestrator stopping", kill=False) for w in list(self.workers.values())),
                              return_exceptions=True)
 
@@ -119,8 +144,8 @@ class Pool:
                 details={"quota": "max_workers", "limit": self.cfg.max_workers},
             )
         wid = f"{self.name}-{uuid.uuid4().hex[:10]}"
-        spec = WorkerSpec(worker_id=wid, bridge=self.name, config=self.cfg, socket_dir=self.socket_root / wid,
-                          orchestrator_id=self.orchestrator_id, max_message_bytes=self.max_message_bytes)
+        spec = WorkerSpec(worker_id=wid, bridge=self.name, config=self.cfg, orchestrator_id=self.orchestrator_id,
+                          max_message_bytes=self.max_message_bytes)
         self._starting += 1
         try:
             handle = await self.backend.start(spec)
@@ -191,19 +216,15 @@ class Pool:
         if worker is None:
             worker = await self._start_worker()  # cold start on demand
         try:
-            secrets = await self.secrets_for(tenant, self.name, worker) if self.secrets_for else {}
-            # Egress set-up (network, proxy registration) for this tenant, before its code can run.
-            env = await self.claim_env(tenant, self.name, worker) if self.claim_env else {}
-            await worker.configure(tenant, secrets, env)
+            await self.claims.claim(worker, tenant, self.cfg, self._background)
         except Exception as exc:
-            await self.retire(worker, f"configure failed: {exc}")
+            await self.retire(worker, f"claim failed: {exc}")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
         await self._emit("worker_claim", worker, {"tenant": tenant})
         self._refill()  # after the claim, so starting the replacement does not slow it down
-        self._background(self.backend.mark_tenant(worker.handle, tenant), f"name {worker.id} after its tenant")
         return worker
 
-    def _background(self, coro: Any, what: str) -> None:
+    def _background(self, coro: Awaitable[None], what: str) -> None:
         """Run housekeeping off the caller's path; failures are logged, never raised."""
 
         async def run() -> None:
@@ -242,9 +263,9 @@ class Pool:
         await self._emit("worker_kill" if kill else "worker_stop", worker, {"reason": reason, "usage": usage})
 
     async def _emit(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
-        if self.on_event is not None:
-            res = self.on_event(event, worker, extra)
-            if asyncio.iscoroutine(res):
+        for listener in self.listeners:
+            res = listener(event, worker, extra)
+            if res is not None:
                 await res
 
     # -- facts -----------------------------------------------------------------

@@ -47,7 +47,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from runtimes.core.errors import MLBridgeError
+from runtimes.wire.errors import MLBridgeError
 
 log = logging.getLogger("mlbridge.port")
 

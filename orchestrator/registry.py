@@ -38,14 +38,21 @@ CREATE TABLE IF NOT EXISTS replay (
 
 @dataclass
 class ResourceRecord:
+    """A resource's spec: its config and info are JSON text."""
+
     tenant: str
     resource_id: str
     bridge: str
     type: str
-    config: bytes
+    config: str
     created_ms: int
-    info: bytes = b""
+    info: str = ""
     worker_id: str = ""  # in memory only
+
+
+def _text(value: str | bytes) -> str:
+    """JSON columns hold text; databases written before payloads were text hold UTF-8 bytes."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class Registry:
@@ -64,11 +71,12 @@ class Registry:
         for row in self._db.execute(
             "SELECT tenant, resource_id, bridge, type, config, created_ms, info FROM resources"
         ):
-            rec = ResourceRecord(*row)
+            tenant, rid, bridge, type_, config, created_ms, info = row
+            rec = ResourceRecord(tenant, rid, bridge, type_, _text(config), created_ms, _text(info))
             self._cache[(rec.tenant, rec.resource_id)] = rec
 
-    def add(self, tenant: str, resource_id: str, bridge: str, type_: str, config: bytes,
-            info: bytes = b"", worker_id: str = "") -> ResourceRecord:
+    def add(self, tenant: str, resource_id: str, bridge: str, type_: str, config: str,
+            info: str = "", worker_id: str = "") -> ResourceRecord:
         rec = ResourceRecord(tenant, resource_id, bridge, type_, config, int(time.time() * 1000), info, worker_id)
         with self._lock:
             self._db.execute(
@@ -106,7 +114,7 @@ class Registry:
         return [r for r in self._cache.values() if r.worker_id == worker_id]
 
     # -- calls replayed on every worker a tenant claims later ----------------------
-    def set_replay(self, tenant: str, bridge: str, key: str, command: str, args: bytes) -> None:
+    def set_replay(self, tenant: str, bridge: str, key: str, command: str, args: str) -> None:
         with self._lock:
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM replay").fetchone()[0]
             self._db.execute("INSERT OR REPLACE INTO replay VALUES (?, ?, ?, ?, ?, ?)",
@@ -116,9 +124,9 @@ class Registry:
         with self._lock:
             self._db.execute("DELETE FROM replay WHERE tenant = ? AND bridge = ?", (tenant, bridge))
 
-    def replays(self, tenant: str, bridge: str) -> list[tuple[str, bytes]]:
+    def replays(self, tenant: str, bridge: str) -> list[tuple[str, str]]:
         with self._lock:
-            return [(c, a) for c, a in self._db.execute(
+            return [(c, _text(a)) for c, a in self._db.execute(
                 "SELECT command, args FROM replay WHERE tenant = ? AND bridge = ? ORDER BY seq", (tenant, bridge))]
 
     def close(self) -> None:

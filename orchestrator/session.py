@@ -13,8 +13,8 @@ import contextlib
 
 import grpc
 
-from runtimes.proto import runtime_pb2 as rpb
-from runtimes.proto import runtime_pb2_grpc as rpb_grpc
+from runtimes.wire.proto import runtime_pb2 as rpb
+from runtimes.wire.proto import runtime_pb2_grpc as rpb_grpc
 
 
 class SessionBroken(Exception):

@@ -10,11 +10,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtimes.core.errors import Unavailable
-from runtimes.proto import runtime_pb2 as rpb
-from runtimes.proto import runtime_pb2_grpc as rpb_grpc
+from runtimes.wire.errors import Unavailable
+from runtimes.wire.proto import runtime_pb2 as rpb
+from runtimes.wire.proto import runtime_pb2_grpc as rpb_grpc
 
-from . import sockets
 from .backends.base import Backend, WorkerHandle
 from .session import SessionGroup
 
@@ -38,7 +37,7 @@ class Worker:
 
     handle: WorkerHandle
     max_message_bytes: int
-    state: str = "starting"  # starting, ready, draining, dead
+    state: str = "starting"  # starting, ready, draining (no new calls), dead
     tenant: str = ""
     calls: int = 0
     errors: int = 0
@@ -60,11 +59,11 @@ class Worker:
         return self.handle.bridge
 
     def connect(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.handle.address, options=channel_options(self.max_message_bytes))
+        self.channel = self.handle.channel.open(channel_options(self.max_message_bytes))
         self.stub = rpb_grpc.RuntimeStub(self.channel)
 
     async def wait_ready(self, backend: Backend, timeout: float) -> None:
-        """Wait strategy: poll grpc health over the socket until SERVING.
+        """Wait strategy: poll grpc health over the control channel until SERVING.
 
         Polls every few milliseconds (backing off to 50 ms), gives up at
         ``timeout`` or as soon as the backend reports the worker exited.
@@ -75,9 +74,9 @@ class Worker:
         """
         deadline = time.monotonic() + timeout
         delay = 0.005
-        # First wait for the socket file itself: dialling a missing socket
-        # would put the channel into reconnect backoff.
-        while not sockets.socket_exists(self.handle.address):
+        # First wait for the endpoint itself (a unix socket's file): dialling a
+        # missing one would put the channel into reconnect backoff.
+        while not self.handle.channel.present():
             await self._check_alive(backend, deadline, timeout)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.05)
@@ -87,7 +86,7 @@ class Worker:
         health = health_pb2_grpc.HealthStub(self.channel)
         delay = 0.005
         while True:
-            sockets.check_socket(self.handle.address)
+            self.handle.channel.check()
             try:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -117,7 +116,7 @@ class Worker:
             )
 
     async def healthy(self, timeout: float) -> bool:
-        """One grpc health probe over the socket."""
+        """One grpc health probe over the control channel."""
         if self.channel is None:
             return False
         try:

@@ -1,8 +1,11 @@
 """mlbridge runtimes: the in-container half of mlbridge.
 
-`runtimes.core` is the framework-agnostic runtime SDK; every other
-subpackage is one bridge (one framework). Nothing here imports the
-orchestrator, docker, or (in core) any ML framework.
+`runtimes.wire` is the wire kernel both halves share; `runtimes.core` is the
+framework-agnostic runtime SDK; every other subpackage is one bridge (one
+framework). Nothing here imports the orchestrator, docker, or (in core and
+wire) any ML framework.
 """
 
-__version__ = "0.1.0"
+from .wire.version import __version__
+
+__all__ = ["__version__"]

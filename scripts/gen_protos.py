@@ -16,7 +16,11 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["runtimes/proto/runtime.proto", "orchestrator/proto/mlbridge.proto"]
+PROTOS = [
+    "runtimes/wire/proto/events.proto",
+    "runtimes/wire/proto/runtime.proto",
+    "orchestrator/proto/mlbridge.proto",
+]
 
 
 def generate(out_dir: Path) -> list[Path]:

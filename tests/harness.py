@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.api.server import PublicServer
+from orchestrator.app import App
 from orchestrator.config import Config, load_config
-from orchestrator.serve import build_orchestrator
 from orchestrator.service import Orchestrator
 
 CI = os.environ.get("CI", "").lower() == "true"
@@ -27,14 +27,17 @@ def make_config(tmp: Path, bridges: dict[str, Any] | None = None, **fields: Any)
 
 
 class ServerThread:
-    """``with ServerThread(cfg) as srv: MLBridge.connect(srv.target)``."""
+    """``with ServerThread(cfg) as srv: MLBridge.connect(srv.target)``.
 
-    def __init__(self, config: Config, orch: Orchestrator | None = None, authenticator: Any = None) -> None:
+    ``srv.app`` is the whole orchestrator; ``srv.orch`` its domain service (pools, registry, backend).
+    """
+
+    def __init__(self, config: Config, app: App | None = None) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="mlbridge-test-loop")
-        self.orch = orch or build_orchestrator(config)
-        self._auth = authenticator
+        self.app = app or App(config)
+        self.orch: Orchestrator = self.app.service
         self.server: PublicServer | None = None
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
@@ -55,15 +58,14 @@ class ServerThread:
         return self
 
     async def _start(self) -> None:
-        await self.orch.start()
-        auth = self._auth or getattr(self.orch, "authenticate", None)
-        self.server = PublicServer(self.orch, self.config.listen, **({"authenticator": auth} if auth else {}))
+        await self.app.start()
+        self.server = PublicServer(self.app, self.config.listen)
         await self.server.start()
 
     async def _stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=1.0)
-        await self.orch.stop()
+        await self.app.stop()
 
     def __exit__(self, *exc: object) -> None:
         try:

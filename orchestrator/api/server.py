@@ -8,12 +8,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from orchestrator.app import App
 from orchestrator.config import TLSConfig
-from orchestrator.proto import mlbridge_pb2, mlbridge_pb2_grpc
-from orchestrator.service import Orchestrator
-from runtimes.core.errors import ConfigError
+from orchestrator.proto import mlbridge_pb2
+from runtimes.wire.errors import ConfigError
 
-from .servicer import Authenticator, MLBridgeServicer, anonymous
+from .decode import add_service
+from .servicer import MLBridgeServicer
 
 log = logging.getLogger("mlbridge.server")
 
@@ -29,18 +30,19 @@ def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
 
 
 class PublicServer:
-    """Owns the grpc.aio server in front of an :class:`Orchestrator`."""
+    """Owns the grpc.aio server in front of an :class:`~orchestrator.app.App`."""
 
-    def __init__(self, orch: Orchestrator, address: str, authenticator: Authenticator = anonymous) -> None:
-        self.orch = orch
+    def __init__(self, app: App, address: str) -> None:
+        self.app = app
         self.address = address
-        max_bytes = orch.config.max_message_bytes
+        max_bytes = app.config.max_message_bytes
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        mlbridge_pb2_grpc.add_MLBridgeServicer_to_server(MLBridgeServicer(orch, authenticator), self.server)
+        servicer = MLBridgeServicer(app.gateway, app.authenticate, app.dspex)
+        add_service(servicer, self.server, mlbridge_pb2.DESCRIPTOR.services_by_name["MLBridge"], mlbridge_pb2)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
@@ -49,7 +51,7 @@ class PublicServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
-        tls = orch.config.tls
+        tls = app.config.tls
         if tls is None:
             self.port = self.server.add_insecure_port(address)
         else:
@@ -69,7 +71,7 @@ class PublicServer:
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("mlbridge.v1.MLBridge", health_pb2.HealthCheckResponse.SERVING)
-        log.info("mlbridge serving on %s (backend %s)", self.target, self.orch.backend.name)
+        log.info("mlbridge serving on %s (backend %s)", self.target, self.app.backend.name)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()

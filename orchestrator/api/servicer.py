@@ -1,22 +1,34 @@
-"""``mlbridge.v1.MLBridge`` servicer: authenticate, convert, delegate, map errors."""
+"""``mlbridge.v1.MLBridge`` servicer: authenticate, convert, delegate, map errors.
+
+Thin by design: a request is decoded (:mod:`.decode`), its caller
+authenticated, its fields handed to the :class:`~orchestrator.edge.Gateway`
+(or, for an un-namespaced legacy command, the DSPex facade), and the result
+converted back (:mod:`.convert`). An :class:`MLBridgeError` becomes its gRPC
+status with an ``ErrorInfo`` detail; anything else becomes INTERNAL with a
+reference to the log line.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from orchestrator.compat.dspex import DSPexFacade
+from orchestrator.edge import Gateway
 from orchestrator.errors import grpc_code, to_rpc_status
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
-from orchestrator.service import Caller, Orchestrator, new_call_id
-from runtimes.core.errors import InternalError, MLBridgeError
+from orchestrator.service import Caller, new_call_id
+from runtimes.wire.errors import InternalError, InvalidArgument, MLBridgeError
+from runtimes.wire.metadata import AUTHORIZATION
 
 from . import convert
+from .decode import Unparseable
 
 log = logging.getLogger("mlbridge.api")
 
@@ -29,7 +41,7 @@ def anonymous(token: str | None, source: str) -> Caller:
 
 def _bearer(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
+        if key == AUTHORIZATION:
             scheme, _, token = str(value).partition(" ")
             return token.strip() if scheme.lower() == "bearer" else None
     return None
@@ -47,14 +59,20 @@ def _internal(exc: BaseException) -> MLBridgeError:
     return InternalError(f"internal error (reference {ref}); see the orchestrator log")
 
 
+def _begin(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Caller:
+    caller = self.authenticate(context)
+    if isinstance(request, Unparseable):
+        raise InvalidArgument(request.reason)
+    return caller
+
+
 def unary(func: Callable[..., Any]) -> Callable[..., Any]:
     """Map MLBridgeError to its gRPC status; anything unknown becomes INTERNAL."""
 
     @functools.wraps(func)
     async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            caller = self.authenticate(context)
-            return await func(self, request, context, caller)
+            return await func(self, request, context, _begin(self, request, context))
         except MLBridgeError as err:
             await _abort(context, err)
         except Exception as exc:  # noqa: BLE001
@@ -67,8 +85,7 @@ def streaming(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            caller = self.authenticate(context)
-            async for item in func(self, request, context, caller):
+            async for item in func(self, request, context, _begin(self, request, context)):
                 yield item
         except MLBridgeError as err:
             await _abort(context, err)
@@ -79,71 +96,86 @@ def streaming(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class MLBridgeServicer(pb_grpc.MLBridgeServicer):
-    def __init__(self, orch: Orchestrator, authenticator: Authenticator = anonymous) -> None:
-        self.orch = orch
+    """The public API over a gateway.
+
+    Args:
+        gateway: the public operations.
+        authenticator: bearer token and peer -> caller.
+        dspex: serves the DSPex legacy commands; None refuses them like any unknown command.
+    """
+
+    def __init__(self, gateway: Gateway, authenticator: Authenticator = anonymous,
+                 dspex: DSPexFacade | None = None) -> None:
+        self.gateway = gateway
         self.authenticator = authenticator
+        self.dspex = dspex
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         return self.authenticator(_bearer(context), context.peer() or "")
 
     @unary
     async def ListBridges(self, request: pb.ListBridgesRequest, context: Any, caller: Caller) -> pb.ListBridgesReply:
-        return convert.bridges(self.orch.list_bridges(caller), self.orch.config.default_bridge)
+        return convert.bridges(self.gateway.list_bridges(caller), self.gateway.default_bridge)
 
     @unary
     async def DescribeBridge(self, request: pb.DescribeBridgeRequest, context: Any, caller: Caller) -> pb.DescribeBridgeReply:
-        return convert.describe(await self.orch.describe(caller, request.bridge))
+        return convert.describe(await self.gateway.describe(caller, request.bridge))
 
     @unary
     async def CreateResource(self, request: pb.CreateResourceRequest, context: Any, caller: Caller) -> pb.CreateResourceReply:
-        rid, info = await self.orch.create_resource(
+        rid, info = await self.gateway.create_resource(
             caller, request.bridge, request.type, request.config_json, dict(request.attachments),
             request.resource_id, request.call_id, convert.timeout_s(request.timeout_ms, context.time_remaining()))
         return pb.CreateResourceReply(resource_id=rid, info_json=info)
 
     @unary
     async def ExecuteResource(self, request: pb.ExecuteResourceRequest, context: Any, caller: Caller) -> pb.CallReply:
-        reply = await self.orch.execute_resource(
+        reply = await self.gateway.execute_resource(
             caller, request.resource_id, request.inputs_json, dict(request.attachments), request.call_id,
             convert.timeout_s(request.timeout_ms, context.time_remaining()))
         return convert.call_reply(reply)
 
     @streaming
-    async def ExecuteResourceStream(self, request: pb.ExecuteResourceRequest, context: Any, caller: Caller):
+    async def ExecuteResourceStream(self, request: pb.ExecuteResourceRequest, context: Any,
+                                    caller: Caller) -> AsyncIterator[pb.StreamEvent]:
         call_id = request.call_id or new_call_id()
-        async for kind, payload in self.orch.execute_resource_stream(
+        async for kind, payload in self.gateway.execute_resource_stream(
                 caller, request.resource_id, request.inputs_json, dict(request.attachments), call_id,
                 convert.timeout_s(request.timeout_ms, context.time_remaining())):
             yield convert.stream_event(call_id, kind, payload)
 
     @unary
     async def ListResources(self, request: pb.ListResourcesRequest, context: Any, caller: Caller) -> pb.ListResourcesReply:
-        recs = self.orch.list_resources(caller, request.bridge, request.type)
+        recs = self.gateway.list_resources(caller, request.bridge, request.type)
         return pb.ListResourcesReply(resources=[convert.resource(r) for r in recs])
 
     @unary
     async def DeleteResource(self, request: pb.DeleteResourceRequest, context: Any, caller: Caller) -> pb.DeleteResourceReply:
-        return pb.DeleteResourceReply(deleted=await self.orch.delete_resource(caller, request.resource_id))
+        return pb.DeleteResourceReply(deleted=await self.gateway.delete_resource(caller, request.resource_id))
 
     @unary
     async def Call(self, request: pb.CallRequest, context: Any, caller: Caller) -> pb.CallReply:
-        reply = await self.orch.call(
-            caller, request.bridge, request.command, request.args_json, dict(request.attachments),
-            request.call_id, convert.timeout_s(request.timeout_ms, context.time_remaining()))
+        timeout = convert.timeout_s(request.timeout_ms, context.time_remaining())
+        if self.dspex is not None and self.dspex.handles(request.command):
+            reply = await self.dspex.handle(caller, request.command, request.args_json,
+                                            request.call_id or new_call_id(), timeout)
+        else:
+            reply = await self.gateway.call(caller, request.bridge, request.command, request.args_json,
+                                            dict(request.attachments), request.call_id, timeout)
         return convert.call_reply(reply)
 
     @streaming
-    async def CallStream(self, request: pb.CallRequest, context: Any, caller: Caller):
+    async def CallStream(self, request: pb.CallRequest, context: Any, caller: Caller) -> AsyncIterator[pb.StreamEvent]:
         call_id = request.call_id or new_call_id()
-        async for kind, payload in self.orch.call_stream(
+        async for kind, payload in self.gateway.call_stream(
                 caller, request.bridge, request.command, request.args_json, dict(request.attachments), call_id,
                 convert.timeout_s(request.timeout_ms, context.time_remaining())):
             yield convert.stream_event(call_id, kind, payload)
 
     @unary
     async def Cancel(self, request: pb.CancelRequest, context: Any, caller: Caller) -> pb.CancelReply:
-        return pb.CancelReply(found=await self.orch.cancel(caller, request.call_id))
+        return pb.CancelReply(found=await self.gateway.cancel(caller, request.call_id))
 
     @unary
     async def GetStats(self, request: pb.GetStatsRequest, context: Any, caller: Caller) -> pb.GetStatsReply:
-        return convert.stats(self.orch.stats(caller))
+        return convert.stats(self.gateway.stats(caller))

@@ -1,33 +1,60 @@
-"""The worker backend contract: how a runtime process/container is run.
+"""The worker backend contract: how a runtime process or container is run.
 
-A backend starts a runtime serving one bridge on a unix socket inside a
-per-worker host directory, stops it, tells how it ended (exit code, OOM
-kill), lists what it runs by label and removes leftovers of an earlier,
-killed orchestrator. Readiness (health over the socket) is the pool's job.
+A backend starts a runtime serving one bridge, stops it, tells how it ended
+(exit code, OOM kill), lists what it runs by label and removes leftovers of
+an earlier, killed orchestrator. It hands back the worker's control channel
+(:class:`ControlChannel`): how the orchestrator reaches the runtime, a unix
+socket on this machine today, another transport tomorrow; the core only opens
+it. Readiness (health over that channel) is the pool's job.
+
+Backends are plug-ins, found by name in the ``mlbridge.backends`` entry point
+group (:mod:`orchestrator.backends`). What not every engine can do is an
+optional capability a backend declares by subclassing a Protocol below
+(:class:`SupportsEgress`, :class:`SupportsGpus`); the core checks with
+``isinstance``, never by name.
 """
 
 from __future__ import annotations
 
 import abc
 import functools
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from orchestrator.config import BridgeConfig
+import grpc
+
+from orchestrator.config import BridgeConfig, Config, WorkerLimits
+from runtimes.wire.names import BRIDGE_ENTRY_POINTS
 
 LABEL_PREFIX = "io.mlbridge."
-SOCKET_NAME = "runtime.sock"
+
+__all__ = [
+    "LABEL_PREFIX",
+    "Backend",
+    "ControlChannel",
+    "ExitInfo",
+    "SupportsEgress",
+    "SupportsGpus",
+    "WorkerHandle",
+    "WorkerLimits",
+    "WorkerSpec",
+    "resolve_runtime",
+]
 
 
 @functools.cache
+def _installed_bridges() -> dict[str, str]:
+    from importlib import metadata
+
+    return {ep.name: ep.value for ep in metadata.entry_points(group=BRIDGE_ENTRY_POINTS)}
+
+
 def resolve_runtime(spec: str) -> str:
     """``mock`` -> ``runtimes.mock:MockBridge`` via the host's entry points; unknown names pass through."""
     if ":" in spec:
         return spec
-    from runtimes.core.loader import installed_bridges
-
-    return installed_bridges().get(spec, spec)
+    return _installed_bridges().get(spec, spec)
 
 
 @dataclass
@@ -37,12 +64,8 @@ class WorkerSpec:
     worker_id: str
     bridge: str
     config: BridgeConfig
-    socket_dir: Path
     orchestrator_id: str
     max_message_bytes: int
-    env: dict[str, str] = field(default_factory=dict)
-    limits_override: dict[str, Any] = field(default_factory=dict)
-    network: str | None = None
 
     @property
     def runtime(self) -> str:
@@ -58,17 +81,45 @@ class WorkerSpec:
         }
 
 
+class ControlChannel(abc.ABC):
+    """How the orchestrator reaches one worker's runtime, as its backend set it up."""
+
+    @property
+    @abc.abstractmethod
+    def target(self) -> str:
+        """The gRPC target (``unix:///...``, ``host:port``), for channels and messages."""
+
+    def present(self) -> bool:
+        """Whether the endpoint exists yet; dialling one that does not would start gRPC's reconnect backoff."""
+        return True
+
+    def check(self) -> None:
+        """Refuse an endpoint the worker could have tampered with.
+
+        Raises:
+            Unavailable: the endpoint is not what the backend set up.
+        """
+
+    def open(self, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+        """A new channel to the runtime."""
+        return grpc.aio.insecure_channel(self.target, options=list(options))
+
+
 @dataclass
 class WorkerHandle:
     """A started worker, as its backend knows it."""
 
     worker_id: str
     bridge: str
-    address: str  # gRPC target, "unix:///.../runtime.sock"
-    socket_dir: Path
+    channel: ControlChannel
     ref: Any = None  # backend-specific: a process, a container id
     image_id: str = ""
     backend: str = ""
+
+    @property
+    def address(self) -> str:
+        """The control channel's gRPC target."""
+        return self.channel.target
 
 
 @dataclass
@@ -90,12 +141,28 @@ class ExitInfo:
 
 
 class Backend(abc.ABC):
-    """Runs workers. Implementations: ``process`` (no isolation), ``docker``."""
+    """Runs workers. Implementations: ``process`` (no isolation), ``docker``; more by entry point.
 
-    name: str = ""
+    Class attributes:
+        name: the name the backend is configured by.
+        enforces_limits: whether a worker's cgroup limits (``BridgeConfig.limits``) hold;
+            an OOM kill then names the configured memory limit.
+    """
 
-    async def prepare(self, bridges: dict[str, BridgeConfig]) -> None:
-        """Check images/packages before any worker starts; raise ConfigError."""
+    name: ClassVar[str] = ""
+    enforces_limits: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> Backend:
+        """The backend for an orchestrator configuration (override to read settings from it)."""
+        return cls()
+
+    async def prepare(self, config: Config) -> None:
+        """Check images, packages and settings before any worker starts.
+
+        Raises:
+            ConfigError: naming what is missing and how to fix it.
+        """
 
     @abc.abstractmethod
     async def start(self, spec: WorkerSpec) -> WorkerHandle:
@@ -103,7 +170,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self, handle: WorkerHandle, *, kill: bool = False, timeout: float = 5.0) -> None:
-        """Stop gracefully (SIGTERM, then SIGKILL after timeout), or kill at once."""
+        """Stop gracefully (SIGTERM, then SIGKILL after timeout), or kill at once; release its channel."""
 
     @abc.abstractmethod
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
@@ -112,8 +179,8 @@ class Backend(abc.ABC):
     async def mark_tenant(self, handle: WorkerHandle, tenant: str) -> None:
         """Make a claimed worker's tenant visible to the engine's own tools (no-op by default)."""
 
-    async def apply_limits(self, handle: WorkerHandle, limits: dict[str, Any]) -> bool:
-        """Lower a running worker's limits (``cpus``, ``memory_bytes``, ``pids``); False if unsupported."""
+    async def apply_limits(self, handle: WorkerHandle, limits: WorkerLimits) -> bool:
+        """Lower a running worker's limits; False when this backend cannot."""
         return False
 
     async def stats(self, handle: WorkerHandle) -> dict[str, Any]:
@@ -137,4 +204,42 @@ class Backend(abc.ABC):
         return ""
 
     async def close(self) -> None:
-        """Release backend resources (clients, connections)."""
+        """Release backend resources (clients, connections, socket directories)."""
+
+
+@runtime_checkable
+class SupportsEgress(Protocol):
+    """A backend that can put a claimed worker behind the egress proxy.
+
+    The backend opens one network whose only way out is the proxy on its
+    gateway, firewalls it, and moves a claimed worker onto it.
+    """
+
+    async def open_egress(self) -> str:
+        """Open the egress network; return the gateway address the proxy listens on."""
+        ...
+
+    async def guard_egress(self, proxy_port: int) -> None:
+        """Confine the egress network to the gateway's ``proxy_port``."""
+        ...
+
+    async def connect_egress(self, handle: WorkerHandle) -> str:
+        """Move a worker onto the egress network; return its address there."""
+        ...
+
+    async def close_egress(self) -> None:
+        """Remove the egress network and its firewall."""
+        ...
+
+
+@runtime_checkable
+class SupportsGpus(Protocol):
+    """A backend that can give workers GPUs by device id (``limits.gpus``)."""
+
+    def check_gpus(self, bridge: str, cfg: BridgeConfig) -> None:
+        """Refuse GPU ids the host does not have.
+
+        Raises:
+            ConfigError: naming the unknown ids and the inventory.
+        """
+        ...

@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 __all__ = ["Gpu", "GpuInventory", "detect_gpus", "parse_nvidia_smi_list"]
 

@@ -12,10 +12,15 @@ import logging
 import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .base import SOCKET_NAME, Backend, ExitInfo, WorkerHandle, WorkerSpec
+from orchestrator.config import Config
+from runtimes.wire.errors import ConfigError
+
+from .base import Backend, ExitInfo, WorkerHandle, WorkerSpec
+from .unix import SocketRoot, UnixSocketChannel
 
 log = logging.getLogger("mlbridge.backend.process")
 
@@ -27,41 +32,59 @@ WARNING = (
 
 
 class ProcessBackend(Backend):
+    """Runs each worker as a subprocess serving on a unix socket in its own directory.
+
+    Args:
+        socket_root: where the workers' socket directories go (a new temp dir by default).
+    """
+
     name = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, socket_root: Path | None = None) -> None:
         self._warned = False
+        self.sockets = SocketRoot(socket_root)
 
-    async def prepare(self, bridges: Any) -> None:
+    async def prepare(self, config: Config) -> None:
+        """Check that every bridge's required packages are installed here (workers import them from this Python).
+
+        Raises:
+            ConfigError: naming each missing package and how to install it.
+        """
         if not self._warned:
             log.warning(WARNING)
             self._warned = True
+        problems = []
+        for name, b in sorted(config.bridges.items()):
+            for pkg in b.required_packages:
+                try:
+                    metadata.version(pkg)
+                except metadata.PackageNotFoundError:
+                    problems.append(f"bridge {name!r} needs package {pkg!r}, which is not installed: "
+                                    f"pip install {pkg} (or use --backend docker with its image)")
+        if problems:
+            raise ConfigError("mlbridge cannot start:\n  " + "\n  ".join(problems))
 
     async def start(self, spec: WorkerSpec) -> WorkerHandle:
-        spec.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sock = spec.socket_dir / SOCKET_NAME
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()
+        channel = self.sockets.channel(spec.worker_id)
         env = dict(os.environ)
         env.update(spec.config.env)
-        env.update(spec.env)
         env["MLBRIDGE_MAX_MESSAGE_BYTES"] = str(spec.max_message_bytes)
         # Let import-string bridges resolve the same way they do in the orchestrator.
         paths = [p for p in (env.get("PYTHONPATH", ""), os.getcwd()) if p]
         env["PYTHONPATH"] = os.pathsep.join(paths)
         for k, v in spec.labels.items():
             env["MLBRIDGE_LABEL_" + k.rsplit(".", 1)[-1].upper()] = v
-        logfile = open(spec.socket_dir / "worker.log", "ab")  # noqa: SIM115 - owned by the process
+        logfile = open(channel.socket_dir / "worker.log", "ab")  # noqa: SIM115 - owned by the process
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtimes.core", "--bridge", spec.runtime, "--socket", str(sock),
+                sys.executable, "-m", "runtimes.core", "--bridge", spec.runtime, "--socket", str(channel.path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
                 start_new_session=True,
             )
         finally:
             logfile.close()
-        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, address=f"unix://{sock}",
-                            socket_dir=spec.socket_dir, ref=proc, backend=self.name)
+        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=channel, ref=proc,
+                            backend=self.name)
 
     async def stop(self, handle: WorkerHandle, *, kill: bool = False, timeout: float = 5.0) -> None:
         proc: asyncio.subprocess.Process = handle.ref
@@ -74,8 +97,9 @@ class ProcessBackend(Backend):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        assert isinstance(handle.channel, UnixSocketChannel)
         with contextlib.suppress(FileNotFoundError):
-            (handle.socket_dir / SOCKET_NAME).unlink()
+            handle.channel.path.unlink()
 
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
         proc: asyncio.subprocess.Process = handle.ref
@@ -109,8 +133,12 @@ class ProcessBackend(Backend):
         return out
 
     def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
+        assert isinstance(handle.channel, UnixSocketChannel)
         try:
-            text = (handle.socket_dir / "worker.log").read_text(errors="replace")
+            text = (handle.channel.socket_dir / "worker.log").read_text(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    async def close(self) -> None:
+        self.sockets.close()

@@ -12,12 +12,15 @@ import grpc
 
 from orchestrator.errors import from_grpc_error
 from orchestrator.proto import mlbridge_pb2 as pb
-from runtimes.core.errors import InvalidArgument, MLBridgeError
+from runtimes.wire.caps import DEFAULT_MAX_MESSAGE_BYTES
+from runtimes.wire.errors import InvalidArgument, MLBridgeError
+from runtimes.wire.metadata import AUTHORIZATION
+from runtimes.wire.metadata import DEPRECATED as DEPRECATED_KEY
+from runtimes.wire.payload import dumps as _dumps
+
+__all__ = ["DEFAULT_ADDRESS", "DEFAULT_MAX_MESSAGE_BYTES", "CallResult", "Event"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# Reply metadata the server sets on legacy (DSPex) commands; the value names the replacement.
-DEPRECATED_KEY = "mlbridge-deprecated"
 
 
 @dataclass
@@ -79,21 +82,27 @@ def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
 
 
 def metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
-    return (("authorization", f"Bearer {token}"),) if token else None
+    return ((AUTHORIZATION, f"Bearer {token}"),) if token else None
 
 
-def dumps(value: Any, what: str) -> bytes:
+def dumps(value: Any, what: str) -> str:
+    """A dict as JSON text for a request ("" for None).
+
+    Raises:
+        InvalidArgument: not a dict, or not JSON-serialisable.
+    """
     if value is None:
-        return b""
+        return ""
     if not isinstance(value, dict):
         raise InvalidArgument(f"{what} must be a dict, got {type(value).__name__}")
     try:
-        return json.dumps(value, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{what} is not JSON-serialisable: {exc}") from None
+        return _dumps(value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what} is {exc}") from None
 
 
-def loads(data: bytes) -> Any:
+def loads(data: str) -> Any:
+    """JSON text from a reply; None when empty."""
     return json.loads(data) if data else None
 
 

@@ -8,13 +8,30 @@ bridge's ``describe`` output.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import import_module, metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from runtimes.core.errors import UnknownCommand
+from runtimes.wire.errors import UnknownCommand
 
-if TYPE_CHECKING:
-    from .sync import MLBridge
+from ._common import Event
+
+
+class Client(Protocol):
+    """What adapters call on the client that made them (:class:`~orchestrator.client.MLBridge`)."""
+
+    def call(self, bridge: str, command: str, args: dict[str, Any] | None = None, **kw: Any) -> Any: ...
+
+    def create_resource(self, bridge: str, type: str, config: dict[str, Any] | None = None, *,
+                        resource_id: str | None = None, attachments: dict[str, bytes] | None = None,
+                        timeout: float | None = None) -> str: ...
+
+    def execute_resource(self, resource_id: str, inputs: dict[str, Any] | None = None, **kw: Any) -> Any: ...
+
+    def stream_resource(self, resource_id: str, inputs: dict[str, Any] | None = None, *,
+                        call_id: str | None = None, timeout: float | None = None) -> Iterator[Event]: ...
+
+    def list_resources(self, bridge: str | None = None, type: str | None = None) -> list[dict[str, Any]]: ...
 
 ADAPTER_GROUP = "mlbridge.adapters"
 # Adapters shipped with mlbridge, by the bridge's own name (an entry point of the same name wins).
@@ -24,7 +41,7 @@ BUILTIN: dict[str, str] = {"dspy": "orchestrator.client.dspy_adapter:DSPyAdapter
 class Adapter:
     """Generic adapter: every ``<bridge>:<op>`` command is a method ``op(**args)``."""
 
-    def __init__(self, client: MLBridge, bridge: str, description: dict[str, Any]) -> None:
+    def __init__(self, client: Client, bridge: str, description: dict[str, Any]) -> None:
         self.client = client
         self.bridge = bridge
         self.description = description
@@ -56,7 +73,7 @@ class Adapter:
         return self.client.create_resource(self.bridge, type, config, **kw)
 
 
-def adapter_for(client: MLBridge, bridge: str, description: dict[str, Any]) -> Adapter:
+def adapter_for(client: Client, bridge: str, description: dict[str, Any]) -> Adapter:
     for ep in metadata.entry_points(group=ADAPTER_GROUP):
         if ep.name == bridge:
             cls = ep.load()

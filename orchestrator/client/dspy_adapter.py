@@ -19,15 +19,12 @@ DSPex legacy commands (``create_program`` and friends).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from runtimes.core.errors import InvalidArgument, InvalidResult, NotFound
+from runtimes.wire.errors import InvalidArgument, InvalidResult, NotFound
 
-from .adapters import Adapter
-
-if TYPE_CHECKING:
-    from ._common import Event
-    from .sync import MLBridge
+from ._common import Event
+from .adapters import Adapter, Client
 
 __all__ = ["DSPyAdapter"]
 
@@ -38,7 +35,7 @@ DEFAULT_KEY_SECRET = "DSPY_API_KEY"
 class DSPyAdapter(Adapter):
     """DSPy signatures, LMs, programs, datasets and optimizers of one ``dspy`` bridge."""
 
-    def __init__(self, client: MLBridge, bridge: str, description: dict[str, Any]) -> None:
+    def __init__(self, client: Client, bridge: str, description: dict[str, Any]) -> None:
         super().__init__(client, bridge, description)
         self.namespace = str(description.get("bridge") or bridge)
 

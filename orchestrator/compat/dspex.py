@@ -3,9 +3,12 @@
 DSPex, the Elixir bridge mlbridge grew from, drove one Python process
 (``dspy_bridge.py``) with commands such as ``create_program``. Those commands
 still work: sent through ``Call`` with no namespace (or through ``mlbridge
-port``), each is mapped onto the ``dspy`` bridge's resources through the
-:class:`~orchestrator.service.Orchestrator` methods with the caller's own
-identity, so tenancy, policy, quotas and audit apply as to the new API.
+port``), each is mapped by :class:`DSPexFacade` onto the ``dspy`` bridge's
+resources through the public operations of the
+:class:`~orchestrator.edge.Gateway`, with the caller's own identity, so each
+step is authorised, counted, given its deadline and audited as any call of
+the new API. What DSPex counted and mlbridge does not (commands, errors,
+executions per program) is kept per tenant by the facade the server owns.
 
 Results keep DSPex's shapes (times are Unix seconds, as DSPex sent them):
 
@@ -51,30 +54,29 @@ served.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from runtimes.core.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
+from runtimes.wire.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
+from runtimes.wire.metadata import DEPRECATED
+from runtimes.wire.payload import dumps, loads_lenient, parse_object
 
 from ..calls import Reply
+from ..edge import Gateway
+from ..registry import ResourceRecord
+from ..service import Caller
 
-if TYPE_CHECKING:
-    from ..registry import ResourceRecord
-    from ..service import Caller, Orchestrator
-
-__all__ = ["API_KEY_SECRET", "BRIDGE", "DEPRECATED_KEY", "DEPRECATIONS", "LEGACY_COMMANDS", "LM_ID", "handle"]
+__all__ = ["API_KEY_SECRET", "BRIDGE", "DEPRECATED_KEY", "DEPRECATIONS", "LEGACY_COMMANDS", "LM_ID", "DSPexFacade"]
 
 BRIDGE = "dspy"
 # The lm resource configure_lm creates, one per tenant (resource ids are per tenant).
 LM_ID = "dspex-default-lm"
 # The worker-only secret an api_key given to configure_lm is kept under.
 API_KEY_SECRET = "DSPEX_API_KEY"
-DEPRECATED_KEY = "mlbridge-deprecated"
+DEPRECATED_KEY = DEPRECATED
 
 DEPRECATIONS: dict[str, str] = {
     "ping": "ping is deprecated; use Call(bridge='dspy', command='common:ping')",
@@ -123,12 +125,44 @@ class _TenantState:
     programs: dict[str, _ProgramStats] = field(default_factory=dict)
 
 
-_STATE: weakref.WeakKeyDictionary[Any, dict[str, _TenantState]] = weakref.WeakKeyDictionary()
+class DSPexFacade:
+    """The DSPex legacy commands over the public operations of one orchestrator.
+
+    Args:
+        gateway: the public operations every step goes through.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._tenants: dict[str, _TenantState] = {}
+
+    @staticmethod
+    def handles(command: str) -> bool:
+        """Whether ``command`` is a legacy DSPex command (un-namespaced, one of :data:`LEGACY_COMMANDS`)."""
+        return command in LEGACY_COMMANDS
+
+    async def handle(self, caller: Caller, command: str, args_json: str, call_id: str,
+                     timeout_s: float | None) -> Reply:
+        """Run one legacy command for ``caller``; the reply carries the deprecation notice.
+
+        Raises:
+            InvalidArgument: the arguments are not a JSON object, or are malformed.
+            MLBridgeError: whatever the public operation it maps to raised.
+        """
+        state = self._tenants.setdefault(caller.tenant, _TenantState())
+        state.commands += 1
+        call = _Call(self.gateway, caller, state, call_id, timeout_s)
+        try:
+            result, worker_id = await _HANDLERS[command](call, _parse(command, args_json))
+        except Exception:
+            state.errors += 1
+            raise
+        return Reply(call_id, dumps(result), {}, {DEPRECATED_KEY: DEPRECATIONS[command]}, worker_id)
 
 
 @dataclass
 class _Call:
-    orch: Orchestrator
+    api: Gateway
     caller: Caller
     state: _TenantState
     call_id: str
@@ -137,27 +171,8 @@ class _Call:
     async def command(self, command: str, args: dict[str, Any], *, main: bool = False,
                       attachments: dict[str, bytes] | None = None) -> Reply:
         """A namespaced call on the dspy bridge; ``main`` reuses the legacy call id (so Cancel finds it)."""
-        return await self.orch.call(self.caller, BRIDGE, command, _dumps(args), attachments,
-                                    self.call_id if main else _new_id(), self.timeout_s)
-
-
-async def handle(orch: Orchestrator, caller: Caller, command: str, args_json: bytes, call_id: str,
-                 timeout_s: float | None) -> Reply:
-    """Run one legacy command for ``caller``; the reply carries the deprecation notice.
-
-    Raises:
-        InvalidArgument: the arguments are not a JSON object, or are malformed.
-        MLBridgeError: whatever the orchestrator call it maps to raised.
-    """
-    state = _STATE.setdefault(orch, {}).setdefault(caller.tenant, _TenantState())
-    state.commands += 1
-    call = _Call(orch, caller, state, call_id, timeout_s)
-    try:
-        result, worker_id = await _HANDLERS[command](call, _parse(command, args_json))
-    except Exception:
-        state.errors += 1
-        raise
-    return Reply(call_id, _dumps(result), {}, {DEPRECATED_KEY: DEPRECATIONS[command]}, worker_id)
+        return await self.api.call(self.caller, BRIDGE, command, dumps(args), attachments,
+                                   self.call_id if main else _new_id(), self.timeout_s)
 
 
 # -- handlers: (call, args) -> (result, worker id) ---------------------------------------
@@ -167,7 +182,7 @@ Result = tuple[dict[str, Any], str]
 async def _ping(c: _Call, args: dict[str, Any]) -> Result:
     reply = await c.command("common:ping", {}, main=True)
     return {"status": "ok", "timestamp": time.time(), "dspy_available": True, "gemini_available": False,
-            "uptime": time.time() - c.orch.started, "mode": "mlbridge", "worker_id": reply.worker_id}, reply.worker_id
+            "uptime": time.time() - c.api.started, "mode": "mlbridge", "worker_id": reply.worker_id}, reply.worker_id
 
 
 async def _configure_lm(c: _Call, args: dict[str, Any]) -> Result:
@@ -188,14 +203,14 @@ async def _configure_lm(c: _Call, args: dict[str, Any]) -> Result:
     if api_key:
         await c.command("dspy:set_secret", {"name": API_KEY_SECRET}, attachments={"value": api_key.encode()})
         config["api_key_secret"] = API_KEY_SECRET
-    old = c.orch.registry.get(c.caller.tenant, LM_ID)
+    old = c.api.find_resource(c.caller, LM_ID)
     if old is not None:
         if (old.bridge, old.type) != (BRIDGE, "lm"):
             raise AlreadyExists(f"resource id {LM_ID!r} is taken by a {old.type!r} resource; configure_lm "
                                 f"keeps its LM under that id")
-        await c.orch.delete_resource(c.caller, LM_ID)
-    await c.orch.create_resource(c.caller, BRIDGE, "lm", _dumps(config), resource_id=LM_ID, call_id=_new_id(),
-                                 timeout_s=c.timeout_s)
+        await c.api.delete_resource(c.caller, LM_ID)
+    await c.api.create_resource(c.caller, BRIDGE, "lm", dumps(config), resource_id=LM_ID, call_id=_new_id(),
+                                timeout_s=c.timeout_s)
     reply = await c.command("dspy:configure_lm", {"lm": LM_ID}, main=True)
     return {"status": "configured", "model": model or config.get("model", "dummy"),
             "provider": provider or config.get("provider", ""), "temperature": temperature}, reply.worker_id
@@ -214,10 +229,10 @@ async def _create_program(c: _Call, args: dict[str, Any]) -> Result:
         raise InvalidArgument(f"create_program: program_type {program_type!r} is not supported; "
                               f"types: {', '.join(_MODULES)}")
     config = {"signature": _signature(signature_def), "module": module}
-    rid, _ = await c.orch.create_resource(c.caller, BRIDGE, "program", _dumps(config), resource_id=pid,
-                                          call_id=c.call_id, timeout_s=c.timeout_s)
+    rid, _ = await c.api.create_resource(c.caller, BRIDGE, "program", dumps(config), resource_id=pid,
+                                         call_id=c.call_id, timeout_s=c.timeout_s)
     c.state.programs[rid] = _ProgramStats(signature_def, program_type)
-    rec = c.orch.registry.get(c.caller.tenant, rid)
+    rec = c.api.find_resource(c.caller, rid)
     return ({"program_id": rid, "status": "created", "signature": signature_def, "program_type": program_type},
             rec.worker_id if rec else "")
 
@@ -230,11 +245,11 @@ async def _execute_program(c: _Call, args: dict[str, Any]) -> Result:
     _program(c, pid)
     started = time.monotonic()
     try:
-        reply = await c.orch.execute_resource(c.caller, pid, _dumps(inputs), call_id=c.call_id,
-                                              timeout_s=c.timeout_s)
+        reply = await c.api.execute_resource(c.caller, pid, dumps(inputs), call_id=c.call_id,
+                                             timeout_s=c.timeout_s)
     except ConfigError:
         # A replaced worker has no default LM: select the tenant's configure_lm LM again, retry once.
-        if c.orch.registry.get(c.caller.tenant, LM_ID) is None:
+        if c.api.find_resource(c.caller, LM_ID) is None:
             raise
         try:
             await c.command("dspy:configure_lm", {"lm": LM_ID})
@@ -243,17 +258,17 @@ async def _execute_program(c: _Call, args: dict[str, Any]) -> Result:
                 f"program {pid!r} has no LM: the worker holding the LM set by configure_lm was replaced and "
                 f"the LM could not be restored (an api_key given to configure_lm lives only in its worker); "
                 f"call configure_lm again") from None
-        reply = await c.orch.execute_resource(c.caller, pid, _dumps(inputs), call_id=c.call_id,
-                                              timeout_s=c.timeout_s)
+        reply = await c.api.execute_resource(c.caller, pid, dumps(inputs), call_id=c.call_id,
+                                             timeout_s=c.timeout_s)
     stats = c.state.programs.setdefault(pid, _ProgramStats())
     stats.execution_count += 1
     stats.last_executed = time.time()
-    return {"program_id": pid, "outputs": json.loads(reply.result or b"{}"), "execution_time": stats.last_executed,
+    return {"program_id": pid, "outputs": loads_lenient(reply.result, {}), "execution_time": stats.last_executed,
             "duration_ms": round((time.monotonic() - started) * 1000, 3)}, reply.worker_id
 
 
 async def _list_programs(c: _Call, args: dict[str, Any]) -> Result:
-    recs = c.orch.list_resources(c.caller, BRIDGE, "program")
+    recs = c.api.list_resources(c.caller, BRIDGE, "program")
     live = {r.resource_id for r in recs}
     for gone in set(c.state.programs) - live:  # deleted through the new API
         del c.state.programs[gone]
@@ -268,7 +283,7 @@ async def _list_programs(c: _Call, args: dict[str, Any]) -> Result:
 async def _get_program_info(c: _Call, args: dict[str, Any]) -> Result:
     pid = _program_id(args)
     # Through list_resources, so the policy's list_resources rule applies as to ListResources.
-    for rec in c.orch.list_resources(c.caller, BRIDGE, "program"):
+    for rec in c.api.list_resources(c.caller, BRIDGE, "program"):
         if rec.resource_id == pid:
             return {"program_id": pid, **_entry(c, rec)}, ""
     raise NotFound(f"program {pid!r} not found")
@@ -277,19 +292,19 @@ async def _get_program_info(c: _Call, args: dict[str, Any]) -> Result:
 async def _delete_program(c: _Call, args: dict[str, Any]) -> Result:
     pid = _program_id(args)
     _program(c, pid)
-    await c.orch.delete_resource(c.caller, pid)
+    await c.api.delete_resource(c.caller, pid)
     c.state.programs.pop(pid, None)
     return {"program_id": pid, "status": "deleted"}, ""
 
 
 async def _get_stats(c: _Call, args: dict[str, Any]) -> Result:
     reply = await c.command("common:stats", {}, main=True)
-    worker = json.loads(reply.result or b"{}")
+    worker = loads_lenient(reply.result, {})
     return {
-        "programs_count": len(c.orch.list_resources(c.caller, BRIDGE, "program")),
+        "programs_count": len(c.api.list_resources(c.caller, BRIDGE, "program")),
         "command_count": c.state.commands,
         "error_count": c.state.errors,
-        "uptime": time.time() - c.orch.started,
+        "uptime": time.time() - c.api.started,
         # Only the worker's RSS is measured; DSPex reported zeros where it could not measure.
         "memory_usage": {"rss": int(worker.get("rss_bytes") or 0), "vms": 0, "percent": 0.0},
         "dspy_available": True,
@@ -331,11 +346,11 @@ async def _delete_all(c: _Call) -> int:
     Returns how many programs went.
     """
     programs = 0
-    for rec in reversed(c.orch.list_resources(c.caller, BRIDGE)):
+    for rec in reversed(c.api.list_resources(c.caller, BRIDGE)):
         if rec.resource_id == LM_ID:
             continue
         try:
-            await c.orch.delete_resource(c.caller, rec.resource_id)
+            await c.api.delete_resource(c.caller, rec.resource_id)
         except NotFound:
             continue  # deleted meanwhile
         programs += rec.type == "program"
@@ -345,9 +360,9 @@ async def _delete_all(c: _Call) -> int:
 
 def _entry(c: _Call, rec: ResourceRecord) -> dict[str, Any]:
     stats = c.state.programs.get(rec.resource_id) or _ProgramStats()
-    config = _loads(rec.config)
+    config = _object(rec.config)
     return {
-        "signature": stats.signature if stats.signature is not None else _signature_of(_loads(rec.info)),
+        "signature": stats.signature if stats.signature is not None else _signature_of(_object(rec.info)),
         "created_at": rec.created_ms / 1000,
         "execution_count": stats.execution_count,
         "last_executed": stats.last_executed,
@@ -404,7 +419,7 @@ def _program_id(args: dict[str, Any]) -> str:
 
 
 def _program(c: _Call, pid: str) -> ResourceRecord:
-    rec = c.orch.registry.get(c.caller.tenant, pid)
+    rec = c.api.find_resource(c.caller, pid)
     if rec is None or (rec.bridge, rec.type) != (BRIDGE, "program"):
         raise NotFound(f"program {pid!r} not found")
     return rec
@@ -419,30 +434,15 @@ def _opt_str(args: dict[str, Any], key: str) -> str:
     return value
 
 
-def _parse(command: str, data: bytes) -> dict[str, Any]:
-    if not data:
+def _parse(command: str, data: str) -> dict[str, Any]:
+    if data.strip() == "null":  # DSPex sent null for "no arguments"
         return {}
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise InvalidArgument(f"args of {command} are not valid JSON: {exc}") from None
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"args of {command} must be a JSON object")
-    return value
+    return parse_object(data, f"args of {command}")
 
 
-def _loads(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data) if data else {}
-    except ValueError:
-        return {}
+def _object(data: str) -> dict[str, Any]:
+    value = loads_lenient(data, {})
     return value if isinstance(value, dict) else {}
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _new_id() -> str:

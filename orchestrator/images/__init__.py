@@ -21,7 +21,7 @@ from ._docker import docker_client
 from ._inventory import ImageInfo, list_images
 from ._lock import LockedPackage, lock_sha256, parse_lock, read_lock
 from ._paths import IMAGE_VERSION, image_tag, known_bridges, state_dir
-from ._record import recorded_image_id, records_path, verify_image
+from ._record import check_image_id, recorded_image_id, records_path, verify_image
 from ._sbom import make_sbom
 from ._vuln import vulnerability_report
 
@@ -31,6 +31,7 @@ __all__ = [
     "ImageInfo",
     "LockedPackage",
     "build_images",
+    "check_image_id",
     "docker_client",
     "image_labels",
     "image_tag",

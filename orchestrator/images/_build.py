@@ -24,7 +24,7 @@ from pathlib import Path
 
 import docker
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 from ._docker import RECIPE_LABEL, build_offline, docker_client, reusable_image
 from ._lock import LockedPackage, lock_sha256, pinned_version, read_lock

@@ -8,7 +8,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from runtimes.core.errors import ConfigError, Unavailable
+from runtimes.wire.errors import ConfigError, Unavailable
 
 from ._paths import LABEL_PREFIX
 from ._record import recorded_image_id

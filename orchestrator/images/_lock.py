@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;]+)$")
 _HASH_RE = re.compile(r"^--hash=sha256:([0-9a-f]{64})$")

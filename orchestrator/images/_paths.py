@@ -6,11 +6,11 @@ import os
 import re
 from pathlib import Path
 
-import runtimes
-from runtimes.core.errors import BridgeNotFound, ConfigError
+from runtimes.wire.errors import BridgeNotFound, ConfigError
+from runtimes.wire.version import __version__
 
 #: Version stamped on every image tag and in the ``io.mlbridge.version`` label.
-IMAGE_VERSION: str = runtimes.__version__
+IMAGE_VERSION: str = __version__
 #: Repository for every image mlbridge builds: ``mlbridge/<bridge>:<version>``.
 IMAGE_REPO = "mlbridge"
 #: Label namespace reserved for mlbridge.

@@ -14,7 +14,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 from ._paths import state_dir
 

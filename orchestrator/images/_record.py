@@ -19,7 +19,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from runtimes.core.errors import ConfigError, ImageMismatch, Unavailable
+from runtimes.wire.errors import ConfigError, ImageMismatch, Unavailable
 
 from ._paths import bridge_of, state_dir, tag_for
 
@@ -116,13 +116,29 @@ def verify_image(docker_client: docker.DockerClient, tag: str, *, state: Path | 
         Unavailable: the Docker engine could not be asked.
     """
     tag = tag_for(tag)
-    rebuild = f"`mlbridge images build {bridge_of(tag)}`"
     try:
         current = docker_client.images.get(tag).id
     except docker.errors.ImageNotFound:
-        raise ConfigError(f"image {tag} is not in the Docker engine; run {rebuild}") from None
+        current = None
     except docker.errors.DockerException as exc:
         raise Unavailable(f"could not inspect image {tag}: {exc}") from exc
+    return check_image_id(tag, current, state=state)
+
+
+def check_image_id(tag: str, current: str | None, *, state: Path | None = None) -> str:
+    """Check the id the engine reports for ``tag`` (None: no such image) against mlbridge's record.
+
+    Returns:
+        ``current``, verified.
+
+    Raises:
+        ConfigError: the image is missing, or mlbridge has no record of it.
+        ImageMismatch: the id differs from the recorded one.
+    """
+    tag = tag_for(tag)
+    rebuild = f"`mlbridge images build {bridge_of(tag)}`"
+    if current is None:
+        raise ConfigError(f"image {tag} is not in the Docker engine; run {rebuild}")
     recorded = recorded_image_id(tag, state=state)
     if recorded is None:
         raise ConfigError(

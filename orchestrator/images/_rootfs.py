@@ -27,7 +27,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 from ._paths import IMAGE_REPO, IMAGE_VERSION, LABEL_PREFIX, state_dir
 from ._probe import probe_image

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 from ._lock import LockedPackage
 from ._paths import wheelhouse_dir

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from runtimes.core.errors import MLBridgeError
+from runtimes.wire.errors import MLBridgeError
 
 from ._build import build_images
 from ._inventory import list_images

@@ -6,7 +6,7 @@ import argparse
 import hashlib
 import sys
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 from .engine import MIN_ENV_TOKEN_CHARS, load_policy
 

@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-from runtimes.core.errors import (
+from runtimes.wire.errors import (
     ConfigError,
     InternalError,
     InvalidArgument,
@@ -26,6 +26,7 @@ from runtimes.core.errors import (
     Unauthenticated,
 )
 
+from ..config import WorkerLimits
 from .model import (
     ACTIONS,
     Loc,
@@ -355,14 +356,13 @@ class Policy:
             )
         return float(min(policy_s, client_deadline_s))
 
-    def limits_for(self, tenant: str, bridge: str) -> dict[str, Any]:
-        """Container limit overrides: any of ``cpus`` (float), ``memory_bytes``, ``pids``."""
-        out = {
-            "cpus": self._limit(tenant, bridge, "cpus"),
-            "memory_bytes": self._limit(tenant, bridge, "memory"),
-            "pids": self._limit(tenant, bridge, "pids"),
-        }
-        return {k: v for k, v in out.items() if v is not None}
+    def limits_for(self, tenant: str, bridge: str) -> WorkerLimits:
+        """The tenant's own worker limits for ``bridge``: ``cpus``, ``memory_bytes``, ``pids`` (None: not set)."""
+        return WorkerLimits(
+            cpus=self._limit(tenant, bridge, "cpus"),
+            memory_bytes=self._limit(tenant, bridge, "memory"),
+            pids=self._limit(tenant, bridge, "pids"),
+        )
 
     def network_for(self, tenant: str, bridge: str) -> NetworkPolicy:
         """Egress for the tenant's workers of ``bridge``; ``none`` unless the policy says otherwise."""
@@ -399,7 +399,7 @@ class Policy:
         for name, tenant in self.document.tenants.items():
             bridges = set((tenant.secrets or {}) | (self.document.defaults.secrets or {}))
             for bridge in sorted(bridges):
-                for secret in self._secret_names(name, bridge):
+                for secret in self.secret_names(name, bridge):
                     try:
                         self.secrets_for(name, bridge, [secret])
                     except ConfigError as exc:
@@ -449,7 +449,8 @@ class Policy:
                     break
         return Quotas(**values)
 
-    def _secret_names(self, tenant: str, bridge: str) -> list[str]:
+    def secret_names(self, tenant: str, bridge: str) -> list[str]:
+        """Names of the secrets the tenant's policy gives workers of ``bridge``."""
         return [n for layer in self._layers(tenant) for n in (layer.secrets or {}).get(bridge, {})]
 
     def _secret_value(self, tenant: str, bridge: str, name: str, source: SecretSource) -> str:

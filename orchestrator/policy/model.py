@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 __all__ = [
     "ACTIONS",

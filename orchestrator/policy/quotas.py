@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from runtimes.core.errors import QuotaExceeded
+from runtimes.wire.errors import QuotaExceeded
 
 __all__ = ["CallSlot", "QuotaTracker", "Quotas"]
 

@@ -1,8 +1,11 @@
+from runtimes.wire.proto import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from runtimes.wire.proto.events_pb2 import Chunk as Chunk
+from runtimes.wire.proto.events_pb2 import Progress as Progress
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -50,9 +53,9 @@ class CommandInfo(_message.Message):
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
-    args_schema_json: bytes
+    args_schema_json: str
     streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[bytes] = ..., streaming: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class ResourceTypeInfo(_message.Message):
     __slots__ = ("name", "description", "config_schema_json", "streaming")
@@ -62,9 +65,9 @@ class ResourceTypeInfo(_message.Message):
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
-    config_schema_json: bytes
+    config_schema_json: str
     streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[bytes] = ..., streaming: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class DescribeBridgeReply(_message.Message):
     __slots__ = ("bridge", "framework", "framework_version", "commands", "resource_types", "packages", "runtime_version", "python_version")
@@ -111,20 +114,20 @@ class CreateResourceRequest(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     bridge: str
     type: str
-    config_json: bytes
+    config_json: str
     attachments: _containers.ScalarMap[str, bytes]
     resource_id: str
     call_id: str
     timeout_ms: int
-    def __init__(self, bridge: _Optional[str] = ..., type: _Optional[str] = ..., config_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., call_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, bridge: _Optional[str] = ..., type: _Optional[str] = ..., config_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., call_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class CreateResourceReply(_message.Message):
     __slots__ = ("resource_id", "info_json")
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     INFO_JSON_FIELD_NUMBER: _ClassVar[int]
     resource_id: str
-    info_json: bytes
-    def __init__(self, resource_id: _Optional[str] = ..., info_json: _Optional[bytes] = ...) -> None: ...
+    info_json: str
+    def __init__(self, resource_id: _Optional[str] = ..., info_json: _Optional[str] = ...) -> None: ...
 
 class ExecuteResourceRequest(_message.Message):
     __slots__ = ("resource_id", "inputs_json", "attachments", "call_id", "timeout_ms")
@@ -141,11 +144,11 @@ class ExecuteResourceRequest(_message.Message):
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     resource_id: str
-    inputs_json: bytes
+    inputs_json: str
     attachments: _containers.ScalarMap[str, bytes]
     call_id: str
     timeout_ms: int
-    def __init__(self, resource_id: _Optional[str] = ..., inputs_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., call_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, resource_id: _Optional[str] = ..., inputs_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., call_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class Resource(_message.Message):
     __slots__ = ("resource_id", "bridge", "type", "created_unix_ms", "info_json")
@@ -158,8 +161,8 @@ class Resource(_message.Message):
     bridge: str
     type: str
     created_unix_ms: int
-    info_json: bytes
-    def __init__(self, resource_id: _Optional[str] = ..., bridge: _Optional[str] = ..., type: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., info_json: _Optional[bytes] = ...) -> None: ...
+    info_json: str
+    def __init__(self, resource_id: _Optional[str] = ..., bridge: _Optional[str] = ..., type: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., info_json: _Optional[str] = ...) -> None: ...
 
 class ListResourcesRequest(_message.Message):
     __slots__ = ("bridge", "type")
@@ -204,11 +207,11 @@ class CallRequest(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     bridge: str
     command: str
-    args_json: bytes
+    args_json: str
     attachments: _containers.ScalarMap[str, bytes]
     call_id: str
     timeout_ms: int
-    def __init__(self, bridge: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., call_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, bridge: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., call_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class CallReply(_message.Message):
     __slots__ = ("call_id", "result_json", "attachments", "metadata")
@@ -231,26 +234,10 @@ class CallReply(_message.Message):
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    result_json: bytes
+    result_json: str
     attachments: _containers.ScalarMap[str, bytes]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, call_id: _Optional[str] = ..., result_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class Chunk(_message.Message):
-    __slots__ = ("data_json",)
-    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
-    data_json: bytes
-    def __init__(self, data_json: _Optional[bytes] = ...) -> None: ...
-
-class Progress(_message.Message):
-    __slots__ = ("step", "total", "message")
-    STEP_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    step: int
-    total: int
-    message: str
-    def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., result_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
     __slots__ = ("call_id", "chunk", "progress", "final")
@@ -259,10 +246,10 @@ class StreamEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    chunk: Chunk
-    progress: Progress
+    chunk: _events_pb2.Chunk
+    progress: _events_pb2.Progress
     final: CallReply
-    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_events_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_events_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("call_id",)
@@ -317,5 +304,5 @@ class GetStatsReply(_message.Message):
     errors_total: int
     uptime_ms: int
     resources: int
-    stats_json: bytes
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., calls_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., resources: _Optional[int] = ..., stats_json: _Optional[bytes] = ...) -> None: ...
+    stats_json: str
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., calls_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., resources: _Optional[int] = ..., stats_json: _Optional[str] = ...) -> None: ...

@@ -1,13 +1,12 @@
 """mlbridge runtime SDK: what a bridge needs to serve a framework.
 
 Public names: :class:`Bridge`, :func:`command`, :class:`Resource`,
-:class:`CallContext`, and the error hierarchy rooted at
-:class:`MLBridgeError`.
+:class:`ResourceStore`, :class:`CallContext`, and the error hierarchy rooted
+at :class:`MLBridgeError` (from the wire kernel, :mod:`runtimes.wire.errors`,
+where the rest of it lives).
 """
 
-from .bridge import Bridge, CommandSpec, Resource, command
-from .context import CallContext
-from .errors import (
+from ..wire.errors import (
     Cancelled,
     DeadlineExceeded,
     FrameworkError,
@@ -16,7 +15,10 @@ from .errors import (
     NotFound,
     UnknownCommand,
 )
+from .bridge import Bridge, CommandSpec, Resource, command
+from .context import CallContext
 from .loader import ENTRY_POINT_GROUP, load_bridge_class
+from .store import ResourceStore
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -30,6 +32,7 @@ __all__ = [
     "MLBridgeError",
     "NotFound",
     "Resource",
+    "ResourceStore",
     "UnknownCommand",
     "command",
     "load_bridge_class",

@@ -12,8 +12,8 @@ import sys
 # before grpc is imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-from .errors import MLBridgeError  # noqa: E402
-from .loop import run as run_loop  # noqa: E402
+from ..wire.aio import run as run_loop  # noqa: E402
+from ..wire.errors import MLBridgeError  # noqa: E402
 from .server import serve  # noqa: E402
 
 

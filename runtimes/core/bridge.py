@@ -25,13 +25,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+from ..wire.errors import FrameworkError, InvalidArgument, MLBridgeError, flatten_exception
 from .context import CallContext
-from .errors import FrameworkError, InvalidArgument, MLBridgeError, flatten_exception
-
-if TYPE_CHECKING:
-    from .dispatch import Dispatcher
+from .store import ResourceStore
 
 __all__ = ["Bridge", "CommandSpec", "Resource", "command"]
 
@@ -121,6 +119,10 @@ class Bridge:
         name: the bridge's command namespace ("dspy", "mock").
         framework: the framework's distribution name, for describe and images.
         resource_types: :class:`Resource` subclasses this bridge serves.
+
+    Attributes:
+        resources: the :class:`~runtimes.core.store.ResourceStore` of this
+            worker's resources (``get``, ``get_as``, ``add``, ``remove``).
         required_secrets: secret names the bridge needs (delivered per tenant).
         packages: distributions whose versions ``describe`` reports.
     """
@@ -136,9 +138,8 @@ class Bridge:
             raise TypeError(f"{type(self).__name__}.name must be a non-empty namespace without ':'")
         self.tenant = ""
         self.secrets: dict[str, str] = {}
-        # The Dispatcher serving this bridge sets itself here, so a handler can
-        # look up or add resources (its ``resources`` and ``created`` maps).
-        self.store: Dispatcher | None = None
+        #: The resources this worker holds; handlers add, look up and remove through it.
+        self.resources: ResourceStore[Resource] = ResourceStore()
         self._types: dict[str, type[Resource]] = {t.type_name: t for t in self.resource_types}
         self.commands: dict[str, CommandSpec] = {}
         for klass in reversed(type(self).__mro__):

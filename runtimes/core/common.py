@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .bridge import Resource, command
+from ..wire.errors import AlreadyExists, InvalidArgument
+from .bridge import Bridge, Resource, command
 from .context import CallContext
-from .errors import AlreadyExists, InvalidArgument
 from .jsonio import check_schema
-
-if TYPE_CHECKING:
-    from .dispatch import Dispatcher
 
 _TYPE_FILTER_SCHEMA = {"type": "object", "properties": {"type": {"type": "string"}}}
 
@@ -26,10 +23,20 @@ def rss_bytes() -> int:
         return 0
 
 
+class Served(Protocol):
+    """What the common commands read of the worker serving them (the dispatcher)."""
+
+    bridge: Bridge
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 class CommonCommands:
     """Handlers bound to a dispatcher; the core routes ``common:`` here."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Served) -> None:
         self.d = dispatcher
         self.commands = {
             spec.name: spec
@@ -55,33 +62,26 @@ class CommonCommands:
 
     @command("list_resources", description="Resources held by this worker", schema=_TYPE_FILTER_SCHEMA, inline=True)
     def list_resources(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        want = args.get("type")
-        return {
-            "resources": [
-                self.d.resource_summary(rid, res)
-                for rid, res in self.d.resources.items()
-                if not want or res.type_name == want
-            ]
-        }
+        store = self.d.bridge.resources
+        return {"resources": [store.summary(rid) for rid, _ in store.items(args.get("type") or "")]}
 
     @command("get_resource", description="One resource's summary", inline=True)
     def get_resource(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        rid = ctx.resource_id or args.get("resource_id", "")
-        return self.d.resource_summary(rid, self.d.resource(rid))
+        return self.d.bridge.resources.summary(ctx.resource_id or args.get("resource_id", ""))
 
     @command("create_resource", description="Create a resource of a declared type (config in args)")
     def create_resource(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         rid = ctx.resource_id
         if not rid:
             raise InvalidArgument("create_resource needs a resource_id")
-        if rid in self.d.resources:
+        bridge = self.d.bridge
+        if rid in bridge.resources:  # before any work; add() checks again
             raise AlreadyExists(f"resource {rid!r} already exists")
-        cls: type[Resource] = self.d.bridge.resource_type(ctx.resource_type)
+        cls: type[Resource] = bridge.resource_type(ctx.resource_type)
         check_schema(args, cls.config_schema, f"config of {ctx.resource_type!r}")
-        res = cls(self.d.bridge, rid, args)
+        res = cls(bridge, rid, args)
         info = res.create(ctx)
-        self.d.resources[rid] = res
-        self.d.created[rid] = time.time()
+        bridge.resources.add(res)
         out = {"resource_id": rid, "type": cls.type_name, "info": res.info()}
         if isinstance(info, dict):
             out["info"] = {**out["info"], **info}
@@ -89,15 +89,15 @@ class CommonCommands:
 
     @command("execute_resource", description="Run a resource with inputs (inputs in args)")
     def execute_resource(self, ctx: CallContext, args: dict[str, Any]) -> Any:
-        return self.d.resource(ctx.resource_id).execute(ctx, args)
+        return self.d.bridge.resources.get(ctx.resource_id).execute(ctx, args)
 
     @command("delete_resource", description="Delete a resource and release what it holds")
     def delete_resource(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         rid = ctx.resource_id or args.get("resource_id", "")
-        res = self.d.resource(rid)
+        store = self.d.bridge.resources
+        res = store.get(rid)
         try:
             res.delete(ctx)
         finally:
-            self.d.resources.pop(rid, None)
-            self.d.created.pop(rid, None)
+            store.remove(rid)
         return {"deleted": True, "resource_id": rid}

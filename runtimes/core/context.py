@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import Cancelled, DeadlineExceeded
+from ..wire.errors import Cancelled, DeadlineExceeded
 
 Emit = Callable[[str, Any], None]
 
@@ -32,6 +32,7 @@ class CallContext:
         "metadata",
         "deadline",
         "secrets",
+        "max_reply_bytes",
         "_cancelled",
         "_emit",
     )
@@ -48,6 +49,7 @@ class CallContext:
         deadline_unix_ms: int = 0,
         secrets: Mapping[str, str] | None = None,
         emit: Emit | None = None,
+        max_reply_bytes: int | None = None,
     ) -> None:
         self.call_id = call_id
         self.command = command
@@ -62,6 +64,8 @@ class CallContext:
             time.monotonic() + (deadline_unix_ms / 1000.0 - time.time()) if deadline_unix_ms else None
         )
         self.secrets: Mapping[str, str] = secrets or {}
+        #: The largest JSON result (or chunk) the reply can carry, in UTF-8 bytes; None: no cap known.
+        self.max_reply_bytes = max_reply_bytes
         self._cancelled = threading.Event()
         self._emit = emit
 

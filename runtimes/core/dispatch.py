@@ -20,20 +20,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import runtimes
-
-from . import common
-from .bridge import Bridge, CommandSpec, Resource, dist_version
-from .context import CallContext
-from .errors import (
+from ..wire.caps import payload_cap
+from ..wire.errors import (
     Cancelled,
     ConfigError,
     DeadlineExceeded,
     MLBridgeError,
-    NotFound,
     UnknownCommand,
 )
-from .jsonio import check_schema, encode, parse_object
+from ..wire.payload import encode_capped, parse_object
+from ..wire.version import __version__
+from . import common
+from .bridge import Bridge, CommandSpec, dist_version
+from .context import CallContext
+from .jsonio import check_schema
 
 # How long a cancelled or timed-out handler gets to stop before the runtime
 # reports it as stuck (the orchestrator then replaces the whole worker).
@@ -50,7 +50,7 @@ CONFIGURE_ENV = frozenset(
 class Outcome:
     """What a call ended with: a JSON result or an error."""
 
-    result: bytes = b""
+    result: str = ""
     error: MLBridgeError | None = None
     attachments: dict[str, bytes] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
@@ -69,11 +69,9 @@ class Dispatcher:
 
     def __init__(self, bridge: Bridge, *, max_message_bytes: int, threads: int = 8) -> None:
         self.bridge = bridge
-        bridge.store = self
         self.max_message_bytes = max_message_bytes
+        self.max_reply_bytes = payload_cap(max_message_bytes)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mlbridge-call")
-        self.resources: dict[str, Resource] = {}
-        self.created: dict[str, float] = {}
         self.running: dict[str, Running] = {}
         self.common = common.CommonCommands(self)
         self.started = time.time()
@@ -114,20 +112,6 @@ class Dispatcher:
             return True  # the error reply is immediate
         return spec.inline and not spec.streaming and not spec.is_async
 
-    def resource(self, rid: str) -> Resource:
-        try:
-            return self.resources[rid]
-        except KeyError:
-            raise NotFound(f"resource {rid!r} not found") from None
-
-    def resource_summary(self, rid: str, res: Resource) -> dict[str, Any]:
-        return {
-            "resource_id": rid,
-            "type": res.type_name,
-            "created_unix_ms": int(self.created.get(rid, 0) * 1000),
-            "info": res.info(),
-        }
-
     # -- facts ----------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         b = self.bridge
@@ -156,7 +140,7 @@ class Dispatcher:
             "commands": commands,
             "resource_types": types,
             "packages": pkgs,
-            "runtime_version": runtimes.__version__,
+            "runtime_version": __version__,
             "python_version": sys.version.split()[0],
             "required_secrets": list(b.required_secrets),
         }
@@ -168,7 +152,7 @@ class Dispatcher:
             "errors": self.errors,
             "in_flight": len(self.running),
             "stuck_handlers": self.stuck,
-            "resources": len(self.resources),
+            "resources": len(self.bridge.resources),
             "rss_bytes": common.rss_bytes(),
             "uptime_s": round(time.time() - self.started, 3),
             "tenant": self.bridge.tenant,
@@ -214,9 +198,10 @@ class Dispatcher:
     # -- running --------------------------------------------------------------
     def make_context(self, *, call_id: str, command: str, emit: Callable[[str, Any], None] | None = None,
                      **fields: Any) -> CallContext:
-        return CallContext(call_id=call_id, command=command, emit=emit, secrets=self.bridge.secrets, **fields)
+        return CallContext(call_id=call_id, command=command, emit=emit, secrets=self.bridge.secrets,
+                           max_reply_bytes=self.max_reply_bytes, **fields)
 
-    async def run(self, ctx: CallContext, args_json: bytes) -> Outcome:
+    async def run(self, ctx: CallContext, args_json: str) -> Outcome:
         """Run one call to completion (unary, or the body of a stream)."""
         self.calls += 1
         out = Outcome()
@@ -228,7 +213,7 @@ class Dispatcher:
             args = parse_object(args_json, f"args of {ctx.command}")
             check_schema(args, spec.schema, ctx.command)
             value = await self._invoke(spec, owner, ctx, args, run)
-            out.result = encode(value, self.max_message_bytes - 4096, f"result of {ctx.command}")
+            out.result = encode_capped(value, self.max_reply_bytes, f"result of {ctx.command}")
         except BaseException as exc:  # noqa: BLE001 - everything becomes a typed error
             if isinstance(exc, asyncio.CancelledError):
                 exc = Cancelled(f"call {ctx.call_id} was cancelled")
@@ -316,7 +301,7 @@ class Dispatcher:
         finally:
             run.done.set()
 
-    async def stream(self, ctx_fields: dict[str, Any], args_json: bytes) -> AsyncIterator[tuple[str, Any]]:
+    async def stream(self, ctx_fields: dict[str, Any], args_json: str) -> AsyncIterator[tuple[str, Any]]:
         """Run a call, yielding ("chunk", value), ("progress", (s, t, m)), then ("final", Outcome)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

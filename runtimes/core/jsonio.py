@@ -1,11 +1,10 @@
-"""JSON in and out of handlers: parsing, light schema checks, capped encoding."""
+"""Light JSON-schema checks of handler args and resource configs (parsing and encoding: :mod:`runtimes.wire.payload`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from .errors import InvalidArgument, InvalidResult, PayloadTooLarge
+from ..wire.errors import InvalidArgument
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -16,19 +15,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
     "null": (type(None),),
 }
-
-
-def parse_object(data: bytes, what: str = "args") -> dict[str, Any]:
-    """Parse JSON bytes that must hold an object; empty means ``{}``."""
-    if not data:
-        return {}
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def check_schema(args: dict[str, Any], schema: dict[str, Any], what: str) -> None:
@@ -58,17 +44,3 @@ def check_schema(args: dict[str, Any], schema: dict[str, Any], what: str) -> Non
             raise InvalidArgument(
                 f"{what}: field {key!r} must be {' or '.join(names)}, got {type(value).__name__}"
             )
-
-
-def encode(value: Any, limit: int, what: str) -> bytes:
-    """Encode a handler's value as JSON bytes no larger than ``limit``."""
-    try:
-        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidResult(f"{what} is not JSON-serialisable: {type(exc).__name__}: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLarge(
-            f"{what} is {len(data)} bytes, over the {limit}-byte cap",
-            details={"size": len(data), "limit": limit},
-        )
-    return data

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib
 
+from ..wire.errors import BridgeNotFound
+from ..wire.names import BRIDGE_ENTRY_POINTS
 from .bridge import Bridge
-from .errors import BridgeNotFound
 
-ENTRY_POINT_GROUP = "mlbridge.bridges"
+ENTRY_POINT_GROUP = BRIDGE_ENTRY_POINTS
 
 
 def installed_bridges() -> dict[str, str]:

@@ -6,7 +6,6 @@ Thin by design: messages are converted and handed to :class:`Dispatcher`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -16,25 +15,24 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from runtimes.proto import runtime_pb2 as pb
-from runtimes.proto import runtime_pb2_grpc as pb_grpc
-
+from ..wire.caps import DEFAULT_MAX_MESSAGE_BYTES, MAX_PROGRESS_MESSAGE_CHARS
+from ..wire.errors import MLBridgeError, public_details
+from ..wire.payload import dumps, encode_capped
+from ..wire.proto import events_pb2 as events
+from ..wire.proto import runtime_pb2 as pb
+from ..wire.proto import runtime_pb2_grpc as pb_grpc
 from .bridge import Bridge
 from .dispatch import Dispatcher, Outcome
-from .errors import MLBridgeError, public_details
-from .jsonio import encode
 from .loader import load_bridge_class
 
 log = logging.getLogger("mlbridge.runtime")
-
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _error(err: MLBridgeError, handler_stopped: bool = True) -> pb.Error:
     details = public_details(err)
     if not handler_stopped:
         details["handler_stopped"] = False
-    return pb.Error(code=err.code, message=err.flat(), details_json=json.dumps(details).encode() if details else b"")
+    return pb.Error(code=err.code, message=err.flat(), details_json=dumps(details) if details else "")
 
 
 def _reply(call_id: str, out: Outcome) -> pb.CallReply:
@@ -69,12 +67,12 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             framework_version=info["framework_version"],
             commands=[
                 pb.CommandInfo(name=c["name"], description=c["description"],
-                               args_schema_json=json.dumps(c["schema"]).encode(), streaming=c["streaming"])
+                               args_schema_json=dumps(c["schema"]), streaming=c["streaming"])
                 for c in info["commands"]
             ],
             resource_types=[
                 pb.ResourceTypeInfo(name=t["name"], description=t["description"],
-                                    config_schema_json=json.dumps(t["schema"]).encode(), streaming=t["streaming"])
+                                    config_schema_json=dumps(t["schema"]), streaming=t["streaming"])
                 for t in info["resource_types"]
             ],
             packages=info["packages"],
@@ -94,15 +92,16 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
         async for kind, payload in self.d.stream(fields, request.args_json):
             if kind == "chunk":
                 try:
-                    data = encode(payload, self.d.max_message_bytes - 4096, f"chunk of {request.command}")
+                    data = encode_capped(payload, self.d.max_reply_bytes, f"chunk of {request.command}")
                 except MLBridgeError as err:
                     self.d.cancel(cid)
                     yield pb.StreamEvent(call_id=cid, final=_reply(cid, Outcome(error=err)))
                     return
-                yield pb.StreamEvent(call_id=cid, chunk=pb.Chunk(data_json=data))
+                yield pb.StreamEvent(call_id=cid, chunk=events.Chunk(data_json=data))
             elif kind == "progress":
                 step, total, message = payload
-                yield pb.StreamEvent(call_id=cid, progress=pb.Progress(step=step, total=total, message=message[:4096]))
+                yield pb.StreamEvent(call_id=cid, progress=events.Progress(
+                    step=step, total=total, message=message[:MAX_PROGRESS_MESSAGE_CHARS]))
             else:
                 yield pb.StreamEvent(call_id=cid, final=_reply(cid, payload))
 

@@ -30,15 +30,16 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from runtimes.core import Bridge, CallContext, InvalidArgument, command
-from runtimes.core.metadata import REPLAY_KEY
+from runtimes.core import CallContext, InvalidArgument, command
+from runtimes.wire.metadata import REPLAY_KEY
 
 from . import capture
 from .archive import iter_members, unpacked_limit
+from .base import CustomBase
 from .capture import OutputCapture
 from .errors import BadUserType, TypeNameTaken, UploadLimitExceeded, UserResultTooLarge
 from .resources import ModuleResource, UserResource, make_user_type
-from .scratch import Scratch, split_path
+from .scratch import split_path
 from .settings import HARD_MAX_OUTPUT_BYTES, CustomSettings
 from .usercode import Progress, UserModule, accepts_progress, call_user, check_json, user_error
 
@@ -125,7 +126,7 @@ def _check_config_schema(schema: dict[str, Any]) -> None:
         )
 
 
-class CustomBridge(Bridge):
+class CustomBridge(CustomBase):
     """Runs arbitrary user Python in the (sandboxed) worker."""
 
     name = "custom"
@@ -133,9 +134,7 @@ class CustomBridge(Bridge):
     resource_types = (ModuleResource,)
 
     def __init__(self, settings: CustomSettings | None = None) -> None:
-        super().__init__()
-        self.settings = settings or CustomSettings.from_env()
-        self.scratch = Scratch(self.settings.scratch)
+        super().__init__(settings)
         self._builtin_types = frozenset(t.type_name for t in self.resource_types)
         self._user_types: dict[str, type[UserResource]] = {}
         self._types_lock = threading.Lock()
@@ -151,13 +150,6 @@ class CustomBridge(Bridge):
 
     def stats(self) -> dict[str, Any]:
         return {"runs": self._runs, "user_types": sorted(self._user_types), "scratch": self.scratch.path}
-
-    def check_code_size(self, code: str) -> None:
-        if len(code) > self.settings.max_code_bytes:
-            raise InvalidArgument(
-                f"code is {len(code)} characters, over the {self.settings.max_code_bytes} limit "
-                f"(MLBRIDGE_CUSTOM_MAX_CODE_BYTES); upload large code as files instead"
-            )
 
     # -- run ----------------------------------------------------------------------
     @command(description="Run Python source: calls its main(inputs[, progress]); a generator main streams",
@@ -206,18 +198,17 @@ class CustomBridge(Bridge):
             size = check_json(value, res_cap, "the result of main()")
         finally:
             mod.release()
-        reply.update(result=value, **self._fit_output(cap.summary(), size),
+        reply.update(result=value, **self._fit_output(cap.summary(), size, ctx.max_reply_bytes),
                      duration_ms=round((time.monotonic() - started) * 1000, 3))
         return reply
 
-    def _fit_output(self, summary: dict[str, Any], result_size: int) -> dict[str, Any]:
-        """Cut captured output further so result + output fit the reply size cap.
+    @staticmethod
+    def _fit_output(summary: dict[str, Any], result_size: int, cap: int | None) -> dict[str, Any]:
+        """Cut captured output further so result + output fit the reply size cap ``cap``.
 
         Output is best effort: too much of it is truncated (and flagged), it
         never costs the caller the result.
         """
-        store = self.store
-        cap = (store.max_message_bytes - 4096) if store is not None else None
         if cap is None:
             return summary
         budget = max(0, cap - result_size - 2048) // 2
@@ -337,10 +328,7 @@ class CustomBridge(Bridge):
     @command(description="Resource types of this worker, built-in and user-defined", inline=True,
              schema={"type": "object", "properties": {}, "additionalProperties": False})
     def list_types(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        live: dict[str, int] = {}
-        store = getattr(self, "store", None)
-        for res in list(getattr(store, "resources", {}).values()):
-            live[res.type_name] = live.get(res.type_name, 0) + 1
+        live = self.resources.counts_by_type()
         out = []
         for name, cls in sorted(self.types.items()):
             user = name in self._user_types

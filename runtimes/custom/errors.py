@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from runtimes.core.errors import (
+from runtimes.wire.errors import (
     AlreadyExists,
     FrameworkError,
     InvalidArgument,

@@ -16,16 +16,14 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from runtimes.core import CallContext, Resource
 
+from .base import CustomBase
 from .capture import OutputCapture
 from .errors import BadUserType
 from .usercode import Progress, UserModule, accepts_progress, call_user, check_json, user_error
-
-if TYPE_CHECKING:
-    from .bridge import CustomBridge
 
 __all__ = ["ModuleResource", "UserResource", "make_user_type"]
 
@@ -35,7 +33,7 @@ _LOCK_POLL_S = 0.05
 class _GuardedResource(Resource):
     """Shared plumbing: a per-instance lock, output capture and error mapping."""
 
-    bridge: CustomBridge
+    bridge: CustomBase
 
     def __init__(self, bridge: Any, resource_id: str, config: dict[str, Any]) -> None:
         super().__init__(bridge, resource_id, config)

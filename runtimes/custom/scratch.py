@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 from .errors import (
     DownloadTooLarge,

@@ -3,7 +3,7 @@
 The runtime package depends on grpcio and protobuf only, so this is a plain
 frozen dataclass rather than a pydantic-settings class. Every field names its
 environment variable; a value that is not a positive integer is a
-:class:`~runtimes.core.errors.ConfigError` naming the variable.
+:class:`~runtimes.wire.errors.ConfigError` naming the variable.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 __all__ = ["HARD_MAX_OUTPUT_BYTES", "CustomSettings"]
 

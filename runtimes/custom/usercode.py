@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from runtimes.core import CallContext
-from runtimes.core.errors import MLBridgeError
+from runtimes.wire.errors import MLBridgeError
 
 from .errors import (
     BadEntryPoint,

@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
-from typing import Any, TypeVar
+from typing import Any
 
-from runtimes.core import Bridge, CallContext, InvalidArgument, NotFound, Resource, command
-from runtimes.core import metadata as meta
-from runtimes.core.errors import (
-    AlreadyExists,
+from runtimes.core import CallContext, InvalidArgument, command
+from runtimes.wire import metadata as meta
+from runtimes.wire.errors import (
     ConfigError,
     FrameworkError,
-    InternalError,
     MLBridgeError,
     PermissionDenied,
     flatten_exception,
 )
 
+from .base import DSPyBase
 from .lms import LM_SCHEMA, LMSpec
 from .redaction import install_log_redaction, redact
 from .resources import (
@@ -47,8 +44,6 @@ from .resources import (
     ProgramResource,
     SignatureResource,
 )
-
-R = TypeVar("R", bound=Resource)
 
 _CONFIGURE_LM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -69,7 +64,7 @@ MAX_SECRET_BYTES = 8192
 MAX_ERROR_CHARS = 4000
 
 
-class DSPyBridge(Bridge):
+class DSPyBridge(DSPyBase):
     """Serves DSPy 3.x in one worker."""
 
     name = "dspy"
@@ -78,14 +73,6 @@ class DSPyBridge(Bridge):
     # Provider keys are not fixed: each LM config names the secret it needs.
     required_secrets = ()
     packages = ("litellm", "openai", "pydantic")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.default_lm: Any = None
-        self.default_lm_info: dict[str, Any] | None = None
-        self._counts: dict[str, int] = {"executions": 0, "optimizations": 0}
-        self._client_secrets: set[str] = set()
-        self._lock = threading.Lock()
 
     # -- hooks ------------------------------------------------------------
     def setup(self) -> None:
@@ -109,45 +96,9 @@ class DSPyBridge(Bridge):
         return FrameworkError(text, details=details)
 
     def stats(self) -> dict[str, Any]:
-        by_type: dict[str, int] = {}
-        store = self.store
-        for res in list(store.resources.values()) if store is not None else []:
-            by_type[res.type_name] = by_type.get(res.type_name, 0) + 1
         with self._lock:
             counts = dict(self._counts)
-        return {"default_lm": self.default_lm_info, "resources": by_type, **counts}
-
-    # -- resource store -----------------------------------------------------
-    def lookup(self, rid: Any, kind: type[R], role: str) -> R:
-        """The resource ``rid`` of type ``kind``, referred to as ``role``."""
-        if not isinstance(rid, str) or not rid:
-            raise InvalidArgument(f"{role} must be a resource id (a non-empty string)")
-        res = self._store().resources.get(rid)
-        if res is None:
-            raise NotFound(f"{role} {rid!r}: no such resource in this worker")
-        if not isinstance(res, kind):
-            raise InvalidArgument(f"{role} {rid!r} is a {res.type_name!r} resource, not {kind.type_name!r}")
-        return res
-
-    def check_free(self, rid: str) -> None:
-        if not rid or rid in self._store().resources:
-            raise AlreadyExists(f"resource {rid!r} already exists")
-
-    def add_resource(self, res: Resource) -> None:
-        """Register a resource this bridge made itself (as common:create_resource does)."""
-        store = self._store()
-        self.check_free(res.resource_id)
-        store.resources[res.resource_id] = res
-        store.created[res.resource_id] = time.time()
-
-    def count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] = self._counts.get(name, 0) + 1
-
-    def _store(self) -> Any:
-        if self.store is None:
-            raise InternalError("the dspy bridge is not served by a dispatcher")
-        return self.store
+        return {"default_lm": self.default_lm_info, "resources": self.resources.counts_by_type(), **counts}
 
     # -- commands -----------------------------------------------------------
     @command("configure_lm", description="Set the default LM (an lm config, or {lm: <lm resource id>})",
@@ -156,7 +107,7 @@ class DSPyBridge(Bridge):
         if "lm" in args:
             if len(args) != 1:
                 raise InvalidArgument("configure_lm takes either {lm: <resource id>} or an LM config, not both")
-            res = self.lookup(args["lm"], LMResource, "lm")
+            res = self.resources.get_as(args["lm"], LMResource, "lm")
             lm, info = res.lm, res.info()
         else:
             spec = LMSpec(args)
@@ -169,14 +120,12 @@ class DSPyBridge(Bridge):
 
     @command("reset", description="Delete every dspy resource in this worker and the default LM")
     def reset(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        store = self._store()
         deleted = []
-        for rid, res in list(store.resources.items()):
+        for rid, res in self.resources.items():
             try:
                 res.delete(ctx)
             finally:
-                store.resources.pop(rid, None)
-                store.created.pop(rid, None)
+                self.resources.remove(rid)
             deleted.append({"resource_id": rid, "type": res.type_name})
         with self._lock:
             had_lm = self.default_lm is not None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runtimes.core.errors import ConfigError, InvalidArgument
+from runtimes.wire.errors import ConfigError, InvalidArgument
 
 from .redaction import redact
 

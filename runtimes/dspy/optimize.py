@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtimes.core.context import CallContext
-from runtimes.core.errors import InvalidArgument, MLBridgeError
+from runtimes.wire.errors import InvalidArgument, MLBridgeError
 
 
 def _norm(value: Any) -> str:

@@ -27,7 +27,7 @@ import json
 from collections.abc import Generator
 from typing import Any
 
-from runtimes.core.errors import FrameworkError, InvalidArgument, InvalidResult
+from runtimes.wire.errors import FrameworkError, InvalidArgument, InvalidResult
 
 MODULES: tuple[str, ...] = ("Predict", "ChainOfThought")
 

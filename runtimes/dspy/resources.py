@@ -10,24 +10,23 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtimes.core import CallContext, InvalidArgument, Resource
-from runtimes.core.errors import ConfigError
+from runtimes.wire import metadata as meta
+from runtimes.wire.errors import AlreadyExists, ConfigError
 
 from . import optimize, programs
+from .base import DSPyBase
 from .lms import LM_SCHEMA, LMSpec
 from .signatures import SIGNATURE_SCHEMA, build_signature, is_inline, signature_info
-
-if TYPE_CHECKING:
-    from .bridge import DSPyBridge
 
 # A streaming execute: yields chunks, returns the final result.
 Stream = Generator[dict[str, Any], None, dict[str, Any]]
 
 
 class DSPyResource(Resource):
-    bridge: DSPyBridge
+    bridge: DSPyBase
 
 
 class SignatureResource(DSPyResource):
@@ -111,11 +110,11 @@ class ProgramResource(DSPyResource):
         if is_inline(spec):
             self.signature = build_signature(spec)
         else:
-            self.signature = self.bridge.lookup(spec, SignatureResource, "signature").signature
+            self.signature = self.bridge.resources.get_as(spec, SignatureResource, "signature").signature
         self.module_name = self.config.get("module", "Predict")
         self.module = programs.build_module(self.module_name, self.signature)
         lm_id = self.config.get("lm")
-        self.lm_resource = self.bridge.lookup(lm_id, LMResource, "lm") if lm_id is not None else None
+        self.lm_resource = self.bridge.resources.get_as(lm_id, LMResource, "lm") if lm_id is not None else None
         if "state" in self.config:
             programs.load_state(self.module, self.config["state"])
         self.optimized_from = ""
@@ -174,8 +173,8 @@ class OptimizationResource(DSPyResource):
 
     def create(self, ctx: CallContext) -> None:
         cfg = self.config
-        self.program = self.bridge.lookup(cfg["program"], ProgramResource, "program")
-        self.trainset = self.bridge.lookup(cfg["trainset"], DatasetResource, "trainset")
+        self.program = self.bridge.resources.get_as(cfg["program"], ProgramResource, "program")
+        self.trainset = self.bridge.resources.get_as(cfg["trainset"], DatasetResource, "trainset")
         self.optimizer = cfg.get("optimizer", "BootstrapFewShot")
         self.metric = cfg.get("metric", "exact_match")
         self.args = cfg.get("optimizer_args", {})
@@ -197,7 +196,8 @@ class OptimizationResource(DSPyResource):
         new_id = inputs.get("program_id") or f"{self.resource_id}.compiled.{uuid.uuid4().hex[:12]}"
         if not isinstance(new_id, str):
             raise InvalidArgument("optimization input 'program_id' must be a string")
-        self.bridge.check_free(new_id)
+        if new_id in self.bridge.resources:  # before the (long) compile; add() checks again
+            raise AlreadyExists(f"resource {new_id!r} already exists")
         trainset = self.trainset.examples
         metric = optimize.ProgressMetric(self.metric, self.metric_fields,
                                          list(self.program.signature.output_fields), len(trainset), ctx)
@@ -210,12 +210,12 @@ class OptimizationResource(DSPyResource):
         new = ProgramResource(self.bridge, new_id, config)
         new.create(ctx)
         new.optimized_from = self.resource_id
-        self.bridge.add_resource(new)
+        self.bridge.resources.add(new)
         self.runs.append(new_id)
         self.bridge.count("optimizations")
         demos = new.info()["demos"]
         # Tell the orchestrator about the new program so it records (and can re-create) it.
-        ctx.metadata["mlbridge-created-resources"] = json.dumps(
+        ctx.metadata[meta.CREATED_RESOURCES] = json.dumps(
             [{"resource_id": new_id, "type": ProgramResource.type_name, "config": config, "info": new.info()}])
         ctx.progress(len(trainset), len(trainset), f"compiled {new_id} with {sum(demos.values())} demo(s)")
         for name, count in demos.items():

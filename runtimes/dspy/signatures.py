@@ -17,7 +17,7 @@ from __future__ import annotations
 import keyword
 from typing import Any
 
-from runtimes.core.errors import InvalidArgument
+from runtimes.wire.errors import InvalidArgument
 
 FIELD_TYPES: dict[str, Any] = {
     "str": str,

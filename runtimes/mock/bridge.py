@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from runtimes.core import Bridge, CallContext, InvalidArgument, MLBridgeError, Resource, command
-from runtimes.core.errors import FrameworkError
+from runtimes.wire.errors import FrameworkError
 
 
 class MockFrameworkError(RuntimeError):

@@ -34,10 +34,10 @@ import pytest
 
 from orchestrator.backends.base import WorkerHandle, WorkerSpec
 from orchestrator.backends.docker import DockerBackend
-from orchestrator.config import BridgeConfig
+from orchestrator.config import BridgeConfig, Config
 from orchestrator.images import verify_image
-from runtimes.core.errors import ConfigError
-from runtimes.proto import runtime_pb2, runtime_pb2_grpc
+from runtimes.wire.errors import ConfigError
+from runtimes.wire.proto import runtime_pb2, runtime_pb2_grpc
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -67,20 +67,18 @@ class Workers:
         self.root = root
         self.scope = f"test-{uuid.uuid4().hex[:10]}"
         self.orchestrator_id = f"orch-{uuid.uuid4().hex[:8]}"
-        self.backend = DockerBackend(scope=self.scope)
+        self.backend = DockerBackend(scope=self.scope, socket_root=root)
         self.container_ids: list[str] = []
         self.loop = asyncio.new_event_loop()
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
-    def spec(self, *, orchestrator_id: str | None = None, network: str | None = None,
-             **cfg: Any) -> WorkerSpec:
+    def spec(self, *, orchestrator_id: str | None = None, **cfg: Any) -> WorkerSpec:
         config = BridgeConfig.model_validate({"runtime": MOCK_RUNTIME, **cfg})
         wid = f"w{uuid.uuid4().hex[:8]}"
-        return WorkerSpec(worker_id=wid, bridge="mock", config=config, socket_dir=self.root / wid,
-                          orchestrator_id=orchestrator_id or self.orchestrator_id,
-                          max_message_bytes=4 * MIB, network=network)
+        return WorkerSpec(worker_id=wid, bridge="mock", config=config,
+                          orchestrator_id=orchestrator_id or self.orchestrator_id, max_message_bytes=4 * MIB)
 
     def start(self, spec: WorkerSpec) -> WorkerHandle:
         handle = self.run(self.backend.start(spec))
@@ -179,9 +177,10 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     waited = wait_ping(handle)
     assert waited < 30
 
-    assert handle.address == f"unix://{spec.socket_dir}/runtime.sock"
+    socket_dir = workers.root / spec.worker_id
+    assert handle.address == f"unix://{socket_dir}/runtime.sock"
     assert handle.backend == "docker"
-    st = spec.socket_dir.stat()
+    st = socket_dir.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o700)
 
     attrs = client.api.inspect_container(handle.ref)
@@ -220,7 +219,7 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     assert hc["PidMode"] in ("", "private") and hc["UsernsMode"] == ""
     mounts = attrs["Mounts"]
     assert [(m["Type"], m["Source"], m["Destination"], m["RW"]) for m in mounts] == [
-        ("bind", str(spec.socket_dir), "/run/mlbridge", True)
+        ("bind", str(socket_dir), "/run/mlbridge", True)
     ]
     assert set(attrs["NetworkSettings"]["Networks"]) == {"none"}
 
@@ -247,7 +246,7 @@ def test_stop_removes_container_and_socket_dir_and_keeps_exit_info(workers: Work
     workers.run(workers.backend.stop(handle, timeout=5))
     with pytest.raises(docker.errors.NotFound):
         client.api.inspect_container(handle.ref)
-    assert not handle.socket_dir.exists()
+    assert not handle.channel.socket_dir.exists()
     info = workers.run(workers.backend.exit_info(handle))
     assert info is not None and not info.oom_killed
     assert info.exit_code == 0  # SIGTERM: the runtime shut down gracefully
@@ -532,14 +531,14 @@ def test_start_runs_the_verified_image_id(workers: Workers, client: docker.Docke
 
 def test_prepare_checks_runtime_network_and_image(workers: Workers) -> None:
     ok = BridgeConfig(runtime=MOCK_RUNTIME)
-    workers.run(workers.backend.prepare({"mock": ok}))
+    workers.run(workers.backend.prepare(Config(bridges={"mock": ok})))
     bad = {
         "mock": BridgeConfig(runtime=MOCK_RUNTIME, runtime_class="no-such-oci-runtime"),
         "other": BridgeConfig(runtime=MOCK_RUNTIME, network="mlbridge-no-such-network"),
         "third": BridgeConfig(runtime=MOCK_RUNTIME, network="host"),
     }
     with pytest.raises(ConfigError) as info:
-        workers.run(workers.backend.prepare(bad))
+        workers.run(workers.backend.prepare(Config(bridges=bad)))
     assert "OCI runtime 'no-such-oci-runtime' is not registered" in str(info.value)
     assert "docker network 'mlbridge-no-such-network' does not exist" in str(info.value)
     assert "network 'host' for bridge 'third' would share another network namespace" in str(info.value)

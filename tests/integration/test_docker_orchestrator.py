@@ -10,8 +10,8 @@ import docker
 import pytest
 
 from orchestrator import DeadlineExceeded, MLBridge
-from orchestrator.service import Orchestrator
-from runtimes.core.errors import ConfigError, ImageMismatch, OutOfMemory, WorkerDied
+from orchestrator.app import App
+from runtimes.wire.errors import ConfigError, ImageMismatch, OutOfMemory, WorkerDied
 from tests.harness import Background, ServerThread, make_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -117,14 +117,14 @@ def test_deadline_kills_a_worker_that_does_not_stop(srv: ServerThread) -> None:
 
 def test_reaper_removes_what_a_killed_orchestrator_left(tmp_path: Path, dk: docker.DockerClient) -> None:
     cfg = make_config(tmp_path, backend="docker", bridges={"mock": {"runtime": "mock", "pool_size": 0}})
-    orch = Orchestrator(cfg)
-    scope = orch.backend._scope_labels  # the deployment's scope label
+    app = App(cfg)
+    scope = app.backend._scope_labels  # the deployment's scope label
     leftover = dk.containers.run("mlbridge/mock:0.1.0", ["sleep", "60"], entrypoint=[], detach=True,
                                  network_mode="none", labels={"io.mlbridge.orchestrator": "dead-one",
                                                               "io.mlbridge.bridge": "mock",
                                                               "io.mlbridge.worker": "w", **scope})
     try:
-        with ServerThread(cfg, orch=orch):
+        with ServerThread(cfg, app=app):
             with pytest.raises(docker.errors.NotFound):
                 dk.containers.get(leftover.id)
     finally:

@@ -159,7 +159,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     cfg = make_config(tmp, backend="docker", bridges=BRIDGES, default_bridge="custom", policy=str(policy),
                       audit_log=str(audit))
     with ServerThread(cfg) as srv:
-        assert srv.orch.egress is not None, "the egress proxy did not start"
+        assert srv.app.egress.proxy is not None, "the egress proxy did not start"
         gateway = srv.orch.backend.egress.gateway
         host_service = Listener(gateway)
         try:
@@ -193,7 +193,7 @@ def worker_of(env: dict[str, Any], tenant: str) -> Any:
 def address_of(env: dict[str, Any], tenant: str) -> str:
     wid = worker_of(env, tenant).id
     async def find() -> str:
-        return next(ip for ip, s in env["srv"].orch.egress.sources().items() if s["worker_id"] == wid)
+        return next(ip for ip, s in env["srv"].app.egress.proxy.sources().items() if s["worker_id"] == wid)
     return env["srv"].run(find())
 
 
@@ -203,9 +203,9 @@ def test_network_and_firewall_are_set_up(env: dict[str, Any], dk: docker.DockerC
     attrs = dk.networks.get(net.names.network).attrs
     assert attrs["Internal"] is True
     assert attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
-    assert srv.orch.egress.host == env["gateway"]
+    assert srv.app.egress.proxy.host == env["gateway"]
     rules = subprocess.run(["iptables", "-S", net.names.chain], capture_output=True, text=True, check=True).stdout
-    assert f"-d {env['gateway']}/32 -p tcp -m tcp --dport {srv.orch.egress.port} -j ACCEPT" in rules
+    assert f"-d {env['gateway']}/32 -p tcp -m tcp --dport {srv.app.egress.proxy.port} -j ACCEPT" in rules
     assert rules.rstrip().endswith(f"-A {net.names.chain} -j DROP")
     hooks = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
     assert f"-A INPUT -i {net.names.interface} -j {net.names.chain}" in hooks
@@ -218,7 +218,7 @@ def test_network_and_firewall_are_set_up(env: dict[str, Any], dk: docker.DockerC
 
 def test_allowed_target_round_trips_through_the_proxy(env: dict[str, Any], dk: docker.DockerClient) -> None:
     out = probe(env, "net", action="via_proxy", host="127.0.0.1", port=env["allowed"].port, payload="hello")
-    proxy = env["srv"].orch.egress
+    proxy = env["srv"].app.egress.proxy
     assert out["env"]["HTTPS_PROXY"] == out["env"]["HTTP_PROXY"] == out["env"]["https_proxy"] == proxy.url
     assert out["env"]["NO_PROXY"] == ""
     assert out["status"] == "HTTP/1.1 200 Connection established"
@@ -261,7 +261,7 @@ def test_untrusted_workers_on_the_network_cannot_reach_each_other(env: dict[str,
 
 
 def test_tenant_without_allowlist_has_no_network(env: dict[str, Any], dk: docker.DockerClient) -> None:
-    proxy = env["srv"].orch.egress
+    proxy = env["srv"].app.egress.proxy
     out = probe(env, "nonet", action="direct", host=env["gateway"], port=proxy.port, timeout=3)
     assert out["env"] == {"HTTPS_PROXY": None, "HTTP_PROXY": None, "NO_PROXY": None, "https_proxy": None}
     assert out["connected"] is False and "unreachable" in out["error"].lower(), out
@@ -291,7 +291,7 @@ def test_destroyed_worker_is_revoked(env: dict[str, Any]) -> None:
     assert srv.run(_grant(srv, ip)) is not None
     assert srv.run(srv.orch.pools["custom"].release_tenant("net")) == 1
     assert srv.run(_grant(srv, ip)) is None
-    assert worker.id not in srv.orch._egress_ips
+    assert worker.id not in srv.app.egress.addresses
 
 
 def test_stop_removes_network_and_rules(tmp_path: Path, dk: docker.DockerClient) -> None:
@@ -313,7 +313,7 @@ def test_stop_removes_network_and_rules(tmp_path: Path, dk: docker.DockerClient)
 
 
 async def _grant(srv: ServerThread, ip: str) -> Any:
-    return srv.orch.egress.grant(ip)
+    return srv.app.egress.proxy.grant(ip)
 
 
 def _eventually(check: Any, timeout: float = 5.0) -> bool:

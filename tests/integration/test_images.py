@@ -32,7 +32,7 @@ from orchestrator.images import (
     recorded_image_id,
     verify_image,
 )
-from runtimes.core.errors import ConfigError, ImageMismatch
+from runtimes.wire.errors import ConfigError, ImageMismatch
 
 pytestmark = pytest.mark.docker
 

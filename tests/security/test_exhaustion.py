@@ -17,7 +17,7 @@ import uuid
 import docker
 import pytest
 
-from runtimes.core.errors import Cancelled, DeadlineExceeded, MLBridgeError, OutOfMemory
+from runtimes.wire.errors import Cancelled, DeadlineExceeded, MLBridgeError, OutOfMemory
 
 from .conftest import (
     CALL_TIMEOUT_S,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from runtimes.core.errors import InvalidArgument, MLBridgeError, PayloadTooLarge
+from runtimes.wire.errors import InvalidArgument, MLBridgeError, PayloadTooLarge
 
 from .conftest import (
     MAX_FILE_BYTES,

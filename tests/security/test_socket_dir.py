@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runtimes.core.errors import MLBridgeError
+from runtimes.wire.errors import MLBridgeError
 
 from .conftest import Sandbox, attack_server
 
@@ -96,7 +96,7 @@ def _retire(sandbox: Sandbox, bridge: str, worker_id: str) -> None:
 @pytest.mark.parametrize("what", ["inodes", "bytes"])
 def test_filling_the_socket_dir_does_not_stop_other_workers(sandbox: Sandbox, what: str) -> None:
     attacker = sandbox.claim()
-    own_dir = sandbox.srv.orch._socket_root / attacker
+    own_dir = sandbox.srv.app.backend.sockets.root / attacker
     assert _is_tmpfs(own_dir), f"the worker's socket dir {own_dir} is not its own tmpfs: host disk exposed"
     try:
         result = sandbox.result(FLOOD, {"what": what, "hold_s": 60}, deadline_s=20)

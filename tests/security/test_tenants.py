@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtimes.core.errors import NotFound
+from runtimes.wire.errors import NotFound
 
 from .conftest import Sandbox, attack_server
 

@@ -24,7 +24,7 @@ from orchestrator import (
 )
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
-from runtimes.core.errors import (
+from runtimes.wire.errors import (
     AlreadyExists,
     BridgeNotFound,
     InvalidResult,
@@ -157,7 +157,8 @@ def test_framework_error_translation(mb: MLBridge) -> None:
     with pytest.raises(FrameworkError) as info:
         mb.call("mock", "mock:fail", {"message": "model exploded"})
     assert info.value.code == "FRAMEWORK_ERROR"
-    assert str(info.value) == "runtimes.mock.bridge.MockBridgeError: mock framework failed: model exploded"
+    # Errors mlbridge (here, a bridge's translate_error) raises read CODE: message.
+    assert str(info.value) == "FRAMEWORK_ERROR: mock framework failed: model exploded"
     assert info.value.details["framework_error"] == "MockFrameworkError"
     with pytest.raises(FrameworkError, match=r"^builtins\.ValueError: unexpected$"):
         mb.call("mock", "mock:crash")
@@ -181,20 +182,30 @@ def test_unknown_commands_bridges_and_resources(mb: MLBridge) -> None:
         mb.call("mock", "common:create_resource", {})
 
 
+def _raw_call_request(bridge: str, command: str, args_json: bytes) -> bytes:
+    """A CallRequest on the wire, built by hand: a client may send any bytes, UTF-8 or not."""
+
+    def field(number: int, data: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(data)]) + data
+
+    return field(1, bridge.encode()) + field(2, command.encode()) + field(3, args_json)
+
+
 def test_malformed_payloads(srv: ServerThread) -> None:
     with grpc.insecure_channel(srv.target) as ch:
-        stub = pb_grpc.MLBridgeStub(ch)
+        raw_call = ch.unary_unary("/mlbridge.v1.MLBridge/Call", response_deserializer=pb.CallReply.FromString)
         for bad, pattern in [(b"{not json", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
                              (b"\xff\xfe", "not valid JSON")]:
             with pytest.raises(grpc.RpcError) as info:
-                stub.Call(pb.CallRequest(bridge="mock", command="mock:echo", args_json=bad))
+                raw_call(_raw_call_request("mock", "mock:echo", bad))
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert pattern in info.value.details()
+        stub = pb_grpc.MLBridgeStub(ch)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Call(pb.CallRequest(bridge="mock", command="mock:sleep", args_json=b'{"seconds": "long"}'))
+            stub.Call(pb.CallRequest(bridge="mock", command="mock:sleep", args_json='{"seconds": "long"}'))
         assert "must be number" in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
-            stub.CreateResource(pb.CreateResourceRequest(bridge="mock", type="counter", config_json=b'{"start": "x"}'))
+            stub.CreateResource(pb.CreateResourceRequest(bridge="mock", type="counter", config_json='{"start": "x"}'))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with MLBridge.connect(srv.target) as mb, pytest.raises(InvalidArgument, match="must be a dict"):
         mb.call("mock", "mock:echo", [1, 2])  # type: ignore[arg-type]

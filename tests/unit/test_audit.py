@@ -17,7 +17,7 @@ import pytest
 from orchestrator import audit_cli
 from orchestrator.audit import GENESIS_HASH, AuditLog, code_digest, is_sensitive, verify_file
 from orchestrator.policy import load_policy
-from runtimes.core.errors import ConfigError, InternalError, InvalidArgument
+from runtimes.wire.errors import ConfigError, InternalError, InvalidArgument
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "examples" / "two-tenants.yaml"
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")

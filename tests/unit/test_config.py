@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.process import ProcessBackend
 from orchestrator.config import Config, check_environment, load_config, parse_size
-from runtimes.core.errors import ConfigError
+from runtimes.wire.errors import ConfigError
 
 
 def test_default_config_loads() -> None:
@@ -50,7 +52,11 @@ def test_missing_env_and_package_named_with_fix() -> None:
         check_environment(cfg, env={})
     msg = str(info.value)
     assert "needs environment variable GEMINI_API_KEY: export GEMINI_API_KEY=" in msg
-    assert "pip install surely-not-installed-pkg" in msg
+    # Packages are the backend's business: the process backend imports them from this Python.
+    backend = ProcessBackend()
+    with pytest.raises(ConfigError) as info:
+        asyncio.run(backend.prepare(cfg))
+    assert "pip install surely-not-installed-pkg" in str(info.value)
     check_environment(Config.model_validate({"bridges": {"mock": {"runtime": "mock",
                                                                   "required_env": ["K"]}}}), env={"K": "v"})
 

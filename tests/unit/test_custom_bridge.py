@@ -26,8 +26,8 @@ import pytest
 
 from runtimes.custom import HARD_MAX_OUTPUT_BYTES, CustomSettings
 from runtimes.custom.capture import CappedBuffer
-from runtimes.proto import runtime_pb2 as pb
-from runtimes.proto import runtime_pb2_grpc as pb_grpc
+from runtimes.wire.proto import runtime_pb2 as pb
+from runtimes.wire.proto import runtime_pb2_grpc as pb_grpc
 
 READY_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 60.0
@@ -214,7 +214,7 @@ def test_settings_from_env_reads_and_validates() -> None:
     s = CustomSettings.from_env({"MLBRIDGE_SCRATCH": "/x", "MLBRIDGE_CUSTOM_MAX_FILE_BYTES": "12"})
     assert (s.scratch, s.max_file_bytes, s.max_output_bytes) == ("/x", 12, 64 * 1024)
     assert CustomSettings.from_env({}).scratch == "/tmp/mlbridge-scratch"
-    from runtimes.core.errors import ConfigError
+    from runtimes.wire.errors import ConfigError
 
     with pytest.raises(ConfigError, match="MLBRIDGE_CUSTOM_MAX_UPLOAD_BYTES"):
         CustomSettings.from_env({"MLBRIDGE_CUSTOM_MAX_UPLOAD_BYTES": "lots"})
@@ -302,7 +302,7 @@ def test_syntax_error_has_line_and_offset(rt: Runtime) -> None:
     assert details["reason"] == "SYNTAX_ERROR"
     assert details["line"] in (2, 3)
     assert isinstance(details["offset"], int)
-    assert "UserSyntaxError" in msg
+    assert msg.startswith("INVALID_ARGUMENT: user-code")  # mlbridge's own errors read CODE: message
     code, _, details = rt.run_err("def main(inputs):\n\treturn 1\n        return 2\n")
     assert details["reason"] == "SYNTAX_ERROR" and details["exception_type"] in ("IndentationError", "TabError")
     assert rt.alive()

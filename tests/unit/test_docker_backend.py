@@ -11,14 +11,16 @@ import docker
 import pytest
 import requests
 
-from orchestrator import sockets
+import orchestrator.backends.docker.backend as docker_backend
 from orchestrator.backends.base import WorkerSpec
 from orchestrator.backends.docker import DockerBackend, default_image
-from orchestrator.backends.docker_errors import translate
-from orchestrator.backends.docker_state import cgroup_oom_kills, exit_info_from_state, memory_stats
+from orchestrator.backends.docker.backend import prepare_socket_dir
+from orchestrator.backends.docker.errors import translate
+from orchestrator.backends.docker.state import cgroup_oom_kills, exit_info_from_state, memory_stats
 from orchestrator.backends.gpus import GpuInventory, parse_nvidia_smi_list
-from orchestrator.config import BridgeConfig
-from runtimes.core.errors import ConfigError, Unavailable
+from orchestrator.backends.unix import SocketRoot, unmount
+from orchestrator.config import BridgeConfig, Config
+from runtimes.wire.errors import ConfigError, Unavailable
 
 MIB = 1024 * 1024
 
@@ -107,7 +109,7 @@ def test_unreachable_engine_at_prepare(monkeypatch: pytest.MonkeyPatch, tmp_path
 
     async def go() -> None:
         try:
-            await backend.prepare({"mock": BridgeConfig(runtime="mock")})
+            await backend.prepare(Config.model_validate({"bridges": {"mock": {"runtime": "mock"}}}))
         finally:
             await backend.close()
 
@@ -127,7 +129,9 @@ def test_socket_dir_is_handed_to_the_container_user(tmp_path: Path) -> None:
     d = tmp_path / "w1"
     d.mkdir(mode=0o755)
     (d / "runtime.sock").write_text("stale")
-    out = DockerBackend._prepare_socket_dir(d)
+    channel = SocketRoot(tmp_path).channel("w1")
+    prepare_socket_dir(channel)
+    out = channel.socket_dir
     try:
         st = out.stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o700)
@@ -137,21 +141,21 @@ def test_socket_dir_is_handed_to_the_container_user(tmp_path: Path) -> None:
         fs = os.statvfs(out)
         assert fs.f_files <= 16 and fs.f_blocks * fs.f_frsize <= 64 * 1024
     finally:
-        sockets.unmount(out)
+        unmount(out)
     assert not os.path.ismount(out)
 
 
 def test_socket_path_too_long(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="longer than 107 bytes"):
-        DockerBackend._prepare_socket_dir(tmp_path / ("x" * 120))
+        SocketRoot(tmp_path / ("x" * 120)).channel("w1")
 
 
 def test_start_checks_gpu_ids_before_touching_the_engine(tmp_path: Path) -> None:
-    backend = DockerBackend(gpu_inventory=GpuInventory())
+    backend = DockerBackend(gpu_inventory=GpuInventory(), socket_root=tmp_path)
     backend._images["mlbridge/mock:0.1.0"] = "sha256:" + "0" * 64  # as if verified
     spec = WorkerSpec(worker_id="w1", bridge="mock",
                       config=BridgeConfig(runtime="mock", limits={"gpus": ["0"]}),
-                      socket_dir=tmp_path / "w1", orchestrator_id="o", max_message_bytes=MIB)
+                      orchestrator_id="o", max_message_bytes=MIB)
 
     async def go() -> None:
         try:
@@ -189,11 +193,11 @@ class _SlowStartAPI:
 def test_cancelled_start_removes_the_container_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     api = _SlowStartAPI()
     client = type("FakeClient", (), {"api": api, "close": lambda self: None})()
-    backend = DockerBackend(client=client)  # type: ignore[arg-type]
+    backend = DockerBackend(client=client, socket_root=tmp_path)  # type: ignore[arg-type]
     backend._images["mlbridge/mock:0.1.0"] = "sha256:" + "0" * 64
-    monkeypatch.setattr(DockerBackend, "_prepare_socket_dir", staticmethod(lambda p: p))
+    monkeypatch.setattr(docker_backend, "prepare_socket_dir", lambda channel: None)
     spec = WorkerSpec(worker_id="w1", bridge="mock", config=BridgeConfig(runtime="mock"),
-                      socket_dir=tmp_path / "w1", orchestrator_id="o", max_message_bytes=MIB)
+                      orchestrator_id="o", max_message_bytes=MIB)
 
     async def go() -> None:
         task = asyncio.ensure_future(backend.start(spec))

@@ -8,15 +8,15 @@ import pytest
 from docker.types import DeviceRequest, Mount, Ulimit
 
 from orchestrator.backends.base import WorkerSpec
-from orchestrator.backends.docker_render import (
+from orchestrator.backends.docker.render import (
     SOCKET_MOUNT,
     container_name,
     render_run_kwargs,
     split_run_kwargs,
 )
 from orchestrator.backends.gpus import Gpu, GpuInventory
-from orchestrator.config import BridgeConfig
-from runtimes.core.errors import ConfigError
+from orchestrator.config import BridgeConfig, Limits, WorkerLimits
+from runtimes.wire.errors import ConfigError
 
 IMAGE = "sha256:" + "ab" * 32
 INVENTORY = GpuInventory(
@@ -26,14 +26,13 @@ INVENTORY = GpuInventory(
 
 
 def make_spec(tmp_path: Path, **cfg: object) -> WorkerSpec:
-    spec_fields = {k: cfg.pop(k) for k in ("env", "limits_override", "network") if k in cfg}
     config = BridgeConfig.model_validate({"runtime": "mock", **cfg})
-    return WorkerSpec(worker_id="w-1", bridge="mock", config=config, socket_dir=tmp_path / "w-1",
-                      orchestrator_id="orch-1", max_message_bytes=4 * 1024 * 1024, **spec_fields)
+    return WorkerSpec(worker_id="w-1", bridge="mock", config=config, orchestrator_id="orch-1",
+                      max_message_bytes=4 * 1024 * 1024)
 
 
 def render(tmp_path: Path, **cfg: object) -> dict:
-    return render_run_kwargs(make_spec(tmp_path, **cfg), IMAGE, gpu_inventory=INVENTORY)
+    return render_run_kwargs(make_spec(tmp_path, **cfg), IMAGE, tmp_path / "w-1", gpu_inventory=INVENTORY)
 
 
 def test_identity_and_process_settings(tmp_path: Path) -> None:
@@ -79,8 +78,7 @@ def test_only_mount_is_the_socket_dir(tmp_path: Path) -> None:
 def test_relative_socket_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     spec = make_spec(tmp_path)
-    spec.socket_dir = Path("rel/w-1")
-    kw = render_run_kwargs(spec, IMAGE, gpu_inventory=INVENTORY)
+    kw = render_run_kwargs(spec, IMAGE, Path("rel/w-1"), gpu_inventory=INVENTORY)
     assert kw["mounts"][0]["Source"] == str(tmp_path / "rel" / "w-1")
 
 
@@ -104,16 +102,13 @@ def test_default_limits(tmp_path: Path) -> None:
     assert "nr_inodes=16384" in kw["tmpfs"]["/tmp"]  # empty files are bounded too
 
 
-def test_limits_override_from_policy(tmp_path: Path) -> None:
-    kw = render(tmp_path, limits={"memory": "1g"}, limits_override={"memory": "128m", "cpus": 0.5})
-    assert kw["mem_limit"] == kw["memswap_limit"] == 128 * 1024 * 1024
-    assert kw["nano_cpus"] == 500_000_000
-
-
-@pytest.mark.parametrize("override", [{"memory": "lots"}, {"bogus": 1}, {"gpus": ["all"]}, {"pids": 0}])
-def test_bad_limits_override_is_config_error(tmp_path: Path, override: dict) -> None:
-    with pytest.raises(ConfigError, match="invalid limits"):
-        render(tmp_path, limits_override=override)
+def test_tenant_limits_only_ever_lower(tmp_path: Path) -> None:
+    # A policy's limits reach a claimed worker as WorkerLimits; only what is below the operator's applies.
+    ceiling = Limits(cpus=1.0, memory="1g", pids=256)
+    wanted = WorkerLimits(cpus=0.5, memory_bytes=128 * 1024 * 1024, pids=512)
+    assert wanted.below(ceiling) == WorkerLimits(cpus=0.5, memory_bytes=128 * 1024 * 1024, pids=None)
+    assert not WorkerLimits(cpus=2.0, memory_bytes=2 << 30).below(ceiling)
+    assert not WorkerLimits()
 
 
 def test_log_caps(tmp_path: Path) -> None:
@@ -131,18 +126,18 @@ def test_labels(tmp_path: Path) -> None:
 
 
 def test_extra_labels_cannot_replace_spec_labels(tmp_path: Path) -> None:
-    kw = render_run_kwargs(make_spec(tmp_path), IMAGE, extra_labels={
+    kw = render_run_kwargs(make_spec(tmp_path), IMAGE, tmp_path / "w-1", extra_labels={
         "io.mlbridge.scope": "ci", "io.mlbridge.orchestrator": "forged"})
     assert kw["labels"]["io.mlbridge.scope"] == "ci"
     assert kw["labels"]["io.mlbridge.orchestrator"] == "orch-1"
 
 
 def test_environment_merges_and_reserved_win(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, env={"A": "spec", "MLBRIDGE_BRIDGE": "evil"})
-    spec.config.env.update({"A": "config", "B": "config"})
-    kw = render_run_kwargs(spec, IMAGE, gpu_inventory=INVENTORY)
+    spec = make_spec(tmp_path, env={"A": "config", "MLBRIDGE_BRIDGE": "evil"})
+    spec.config.env.update({"B": "config"})
+    kw = render_run_kwargs(spec, IMAGE, tmp_path / "w-1", gpu_inventory=INVENTORY)
     assert kw["environment"] == {
-        "A": "spec",
+        "A": "config",
         "B": "config",
         "MLBRIDGE_BRIDGE": "runtimes.mock:MockBridge",  # the name resolved on the host
         "MLBRIDGE_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
@@ -153,9 +148,9 @@ def test_environment_merges_and_reserved_win(tmp_path: Path) -> None:
 def test_bridge_env_is_the_runtime_import_string(tmp_path: Path) -> None:
     spec = make_spec(tmp_path)
     spec.config.runtime = "not-installed-on-host"
-    assert render_run_kwargs(spec, IMAGE)["environment"]["MLBRIDGE_BRIDGE"] == "not-installed-on-host"
+    assert render_run_kwargs(spec, IMAGE, tmp_path / "w-1")["environment"]["MLBRIDGE_BRIDGE"] == "not-installed-on-host"
     spec.config.runtime = "runtimes.mock:MockBridge"
-    assert render_run_kwargs(spec, IMAGE)["environment"]["MLBRIDGE_BRIDGE"] == "runtimes.mock:MockBridge"
+    assert render_run_kwargs(spec, IMAGE, tmp_path / "w-1")["environment"]["MLBRIDGE_BRIDGE"] == "runtimes.mock:MockBridge"
 
 
 @pytest.mark.parametrize("name", ["BAD-NAME", "1X", "A=B", ""])
@@ -168,13 +163,9 @@ def test_network_none_by_default(tmp_path: Path) -> None:
     assert render(tmp_path)["network_mode"] == "none"
 
 
-def test_spec_network_overrides_config(tmp_path: Path) -> None:
+def test_configured_network(tmp_path: Path) -> None:
     assert render(tmp_path, network="mlbridge-egress")["network_mode"] == "mlbridge-egress"
-    spec = make_spec(tmp_path, network="policy-net")
-    spec.config.network = "config-net"
-    assert render_run_kwargs(spec, IMAGE)["network_mode"] == "policy-net"
-    spec.network = None
-    assert render_run_kwargs(spec, IMAGE)["network_mode"] == "config-net"
+    assert render(tmp_path, network="  ")["network_mode"] == "none"
 
 
 @pytest.mark.parametrize("mode", ["host", "container:abc123", "service:x"])
@@ -188,10 +179,10 @@ def test_runtime_class(tmp_path: Path) -> None:
 
 
 def test_no_gpus_no_device_requests_and_no_inventory_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import orchestrator.backends.docker_render as dr
+    import orchestrator.backends.docker.render as dr
 
     monkeypatch.setattr(dr, "detect_gpus", lambda: pytest.fail("inventory probed without GPUs requested"))
-    kw = render_run_kwargs(make_spec(tmp_path), IMAGE)
+    kw = render_run_kwargs(make_spec(tmp_path), IMAGE, tmp_path / "w-1")
     assert "device_requests" not in kw
 
 
@@ -221,14 +212,14 @@ def test_unknown_gpu_names_it_and_lists_available(tmp_path: Path) -> None:
 def test_gpu_requested_on_host_without_gpus(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, limits={"gpus": ["0"]})
     with pytest.raises(ConfigError, match="none: no NVIDIA GPU"):
-        render_run_kwargs(spec, IMAGE, gpu_inventory=GpuInventory())
+        render_run_kwargs(spec, IMAGE, tmp_path / "w-1", gpu_inventory=GpuInventory())
 
 
 def test_gpu_inventory_detected_when_not_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import orchestrator.backends.docker_render as dr
+    import orchestrator.backends.docker.render as dr
 
     monkeypatch.setattr(dr, "detect_gpus", lambda: INVENTORY)
-    kw = render_run_kwargs(make_spec(tmp_path, limits={"gpus": ["GPU-bbbb-2222"]}), IMAGE)
+    kw = render_run_kwargs(make_spec(tmp_path, limits={"gpus": ["GPU-bbbb-2222"]}), IMAGE, tmp_path / "w-1")
     assert kw["device_requests"][0]["DeviceIDs"] == ["GPU-bbbb-2222"]
 
 

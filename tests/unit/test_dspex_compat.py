@@ -25,7 +25,7 @@ import pytest
 from orchestrator import AsyncMLBridge, InvalidArgument, MLBridge, NotFound, PermissionDenied  # noqa: E402
 from orchestrator.client.dspy_adapter import DSPyAdapter  # noqa: E402
 from orchestrator.compat.dspex import API_KEY_SECRET, LM_ID  # noqa: E402
-from runtimes.core.errors import ConfigError  # noqa: E402
+from runtimes.wire.errors import ConfigError  # noqa: E402
 from tests.harness import ServerThread, make_config  # noqa: E402
 
 KEY = "sk-dspex-Zq8TopSecretKeyValue-0042"
@@ -70,8 +70,8 @@ def assert_no_key(srv: ServerThread, *texts: Any) -> None:
     for text in texts:
         assert KEY not in (text if isinstance(text, str) else json.dumps(text)), text
     for rec in srv.orch.registry.list(TENANT):
-        assert KEY.encode() not in rec.config + rec.info, rec
-    roots = [Path(srv.config.state_dir), Path(srv.orch._socket_root)]
+        assert KEY not in rec.config + rec.info, rec
+    roots = [Path(srv.config.state_dir), Path(srv.app.backend.sockets.root)]
     files = [f for root in roots for f in root.rglob("*") if f.is_file() and not f.is_socket()]
     assert any(f.name.startswith("registry.sqlite") for f in files)
     for f in files:

@@ -29,10 +29,10 @@ import pytest
 pytest.importorskip("dspy")
 
 from runtimes.core.dispatch import Dispatcher  # noqa: E402
-from runtimes.core.errors import MLBridgeError  # noqa: E402
 from runtimes.dspy import DSPyBridge  # noqa: E402
-from runtimes.proto import runtime_pb2 as pb  # noqa: E402
-from runtimes.proto import runtime_pb2_grpc as pb_grpc  # noqa: E402
+from runtimes.wire.errors import MLBridgeError  # noqa: E402
+from runtimes.wire.proto import runtime_pb2 as pb  # noqa: E402
+from runtimes.wire.proto import runtime_pb2_grpc as pb_grpc  # noqa: E402
 
 KEY = "sk-test-Zq8TopSecretKeyValue-0042"
 MASKED = "sk-test-****0042"
@@ -54,11 +54,11 @@ class Runtime:
 
     def call(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "") -> Any:
         """The decoded result, or the MLBridgeError the call ended with."""
-        out = asyncio.run(self.d.run(self._ctx(command, rid, rtype), json.dumps(args or {}).encode()))
+        out = asyncio.run(self.d.run(self._ctx(command, rid, rtype), json.dumps(args or {})))
         if out.error is not None:
             self.seen.append(out.error.flat() + json.dumps(out.error.details))
             return out.error
-        self.seen.append(out.result.decode())
+        self.seen.append(out.result)
         return json.loads(out.result)
 
     def ok(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "") -> Any:
@@ -142,7 +142,7 @@ def test_signature_from_fields_keeps_descriptions_and_types(rt: Runtime) -> None
     })
     assert out["info"]["inputs"] == ["context", "question"]
     assert out["info"]["outputs"] == ["answer", "confidence"]
-    sig = rt.d.resources["s"].signature  # type: ignore[attr-defined]
+    sig = rt.bridge.resources.get("s").signature  # type: ignore[attr-defined]
     assert sig.input_fields["context"].json_schema_extra["desc"] == "facts to use"
     assert sig.output_fields["confidence"].annotation is float
     assert sig.instructions == "Answer from the context."
@@ -162,7 +162,7 @@ def test_bad_signature_is_invalid_argument(rt: Runtime, config: dict[str, Any], 
     err = rt.fail("common:create_resource", config, "bad", "signature")
     assert err.code == "INVALID_ARGUMENT"
     assert needle in err.message
-    assert "bad" not in rt.d.resources
+    assert "bad" not in rt.bridge.resources
 
 
 # -- programs ---------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_predict_with_dummy_lm(rt: Runtime) -> None:
     assert out["info"]["module"] == "Predict" and out["info"]["lm"] == "lm"
     assert rt.execute("p", {"question": "2+2?"}) == {"answer": "4"}
     assert rt.execute("p", {"question": "3+3?"}) == {"answer": "six"}
-    lm = rt.d.resources["lm"].lm  # type: ignore[attr-defined]
+    lm = rt.bridge.resources.get("lm").lm  # type: ignore[attr-defined]
     assert "2+2?" in json.dumps(lm.history[0]["messages"])
 
 
@@ -290,7 +290,7 @@ def test_bootstrap_few_shot_makes_a_new_program_with_progress(rt: Runtime) -> No
     assert listed["p-tuned"]["type"] == "program"
     # The compiled program runs and puts its demos in the prompt; the original has none.
     assert rt.execute("p-tuned", {"question": "6+6?"}) == {"answer": "12"}
-    prompt = json.dumps(rt.d.resources["lm"].lm.history[-1]["messages"])  # type: ignore[attr-defined]
+    prompt = json.dumps(rt.bridge.resources.get("lm").lm.history[-1]["messages"])  # type: ignore[attr-defined]
     assert "5+5?" in prompt and "3+3?" in prompt and "4+4?" not in prompt
     assert rt.ok("common:get_resource", {"resource_id": "p"})["info"]["demos"] == {"self": 0}
     # The returned config re-creates the same program (how the orchestrator rehydrates it).
@@ -302,7 +302,7 @@ def test_unary_optimization_returns_the_result_and_names_the_program(rt: Runtime
     _optimizable(rt, [{"answer": a["answer"]} for a in TRAIN])
     rt.create("optimization", "opt", {"program": "p", "trainset": "train", "metric": "contains"})
     out = rt.execute("opt")
-    assert out["program_id"].startswith("opt.compiled.") and out["program_id"] in rt.d.resources
+    assert out["program_id"].startswith("opt.compiled.") and out["program_id"] in rt.bridge.resources
     assert out["metric"]["passed"] == 4
     assert rt.ok("common:get_resource", {"resource_id": "opt"})["info"]["runs"] == [out["program_id"]]
     err = rt.fail("common:execute_resource", {"program_id": out["program_id"]}, "opt")
@@ -315,15 +315,15 @@ def test_labeled_few_shot_needs_no_lm_calls(rt: Runtime) -> None:
                                       "optimizer_args": {"k": 2}})
     out = rt.execute("opt", {"program_id": "labeled"})
     assert out["info"]["demos"] == {"self": 2} and out["metric"]["calls"] == 0
-    assert rt.d.resources["lm"].lm.history == []  # type: ignore[attr-defined]
+    assert rt.bridge.resources.get("lm").lm.history == []  # type: ignore[attr-defined]
 
 
 def test_cancel_stops_bootstrapping_at_the_next_example() -> None:
     import dspy
 
     from runtimes.core import CallContext
-    from runtimes.core.errors import Cancelled
     from runtimes.dspy import optimize
+    from runtimes.wire.errors import Cancelled
 
     ctx = CallContext(call_id="c", command="common:execute_resource")
     ctx.cancel()  # DSPy's optimizer catches Exception per example; cancel must still get out

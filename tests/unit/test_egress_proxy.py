@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.docker_egress import EgressNames, Firewall, egress_names
+from orchestrator.backends.docker.egress import EgressNames, Firewall, egress_names
 from orchestrator.egress import (
     EgressDecision,
     EgressProxy,
@@ -27,8 +27,8 @@ from orchestrator.egress import (
     plain_http_target,
 )
 from runtimes.core.dispatch import Dispatcher
-from runtimes.core.errors import ConfigError
 from runtimes.mock import MockBridge
+from runtimes.wire.errors import ConfigError
 
 LOCAL = "127.0.0.1"
 
@@ -468,20 +468,16 @@ def test_firewall_check_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     ok.check()
 
 
-class FakeAPI:
-    """Just enough of docker's APIClient for EgressNetwork."""
+class FakeEngine:
+    """Just enough of the docker backend's Engine for EgressNetwork."""
 
     def __init__(self, networks: dict[str, dict[str, Any]]) -> None:
         self.networks = networks  # container's attached networks
         self.calls: list[tuple[str, ...]] = []
         self.created: dict[str, Any] = {}
 
-    def inspect_network(self, name: str) -> dict[str, Any]:
-        from docker import errors as derr
-
-        if not self.created:
-            raise derr.NotFound("no such network")
-        return self.created
+    def inspect_network(self, name: str) -> dict[str, Any] | None:
+        return self.created or None
 
     def create_network(self, name: str, **kw: Any) -> None:
         self.calls.append(("create", name))
@@ -489,14 +485,14 @@ class FakeAPI:
                         "Labels": kw["labels"], "IPAM": {"Config": [{"Subnet": "172.30.0.0/16",
                                                                      "Gateway": "172.30.0.1"}]}}
 
-    def inspect_container(self, cid: str) -> dict[str, Any]:
+    def inspect(self, cid: str) -> dict[str, Any]:
         return {"NetworkSettings": {"Networks": dict(self.networks)}}
 
-    def disconnect_container_from_network(self, cid: str, net: str, **kw: Any) -> None:
+    def disconnect(self, cid: str, net: str, **kw: Any) -> None:
         self.calls.append(("disconnect", net))
         self.networks.pop(net, None)
 
-    def connect_container_to_network(self, cid: str, net: str) -> None:
+    def connect(self, cid: str, net: str) -> None:
         self.calls.append(("connect", net))
         self.networks["mlbridge-egress-abc"] = {"IPAddress": "172.30.0.7"}
 
@@ -504,26 +500,26 @@ class FakeAPI:
 def test_network_moves_a_worker_off_none_only_once_firewalled(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from orchestrator.backends.docker_egress import EgressNetwork
+    from orchestrator.backends.docker.egress import EgressNetwork
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(Firewall, "check", lambda self: None)
-    api = FakeAPI({"none": {}})
-    net = EgressNetwork(lambda: api, "abc", runner=FakeIptables())
+    api = FakeEngine({"none": {}})
+    net = EgressNetwork(api, "abc", runner=FakeIptables())  # type: ignore[arg-type]
     assert net.open() == "172.30.0.1"
     opts = api.created["Options"]
     assert api.created["Internal"] is True and opts["com.docker.network.bridge.enable_icc"] == "false"
     assert opts["com.docker.network.bridge.name"] == "mlbeg-abc"
-    from runtimes.core.errors import Unavailable
+    from runtimes.wire.errors import Unavailable
 
     with pytest.raises(Unavailable, match="firewall is not installed"):
         net.connect("c" * 64)  # never on the network before the firewall is up
     net.protect(3128)
     assert net.connect("c" * 64) == "172.30.0.7"
     assert api.calls[-2:] == [("disconnect", "none"), ("connect", "n1")]
-    other = FakeAPI({"bridge": {}})
+    other = FakeEngine({"bridge": {}})
     other.created = api.created
-    net2 = EgressNetwork(lambda: other, "abc", runner=FakeIptables())
+    net2 = EgressNetwork(other, "abc", runner=FakeIptables())  # type: ignore[arg-type]
     net2.open()
     net2.protect(3128)
     with pytest.raises(ConfigError, match="network\\(s\\) bridge"):
@@ -550,9 +546,10 @@ tenants:
     cfg = make_config(tmp_path, policy=str(policy), bridges={"mock": {"runtime": "mock", "pool_size": 1}})
     caplog.set_level(logging.WARNING, logger="mlbridge.policy")
     with ServerThread(cfg) as srv:
-        assert srv.orch.egress is None
-        assert srv.orch.egress_bridges() == {"mock": ["acme"]}
+        egress = srv.app.egress
+        assert egress is not None and egress.proxy is None
+        assert egress.bridges() == {"mock": ["acme"]}
         worker = next(iter(srv.orch.pools["mock"].workers.values()))
-        assert srv.run(srv.orch.claim_env("acme", "mock", worker)) == {}
+        assert srv.run(egress.attach("acme", worker)) == {}
     warnings = [r.getMessage() for r in caplog.records if "NOT ENFORCED" in r.getMessage()]
     assert len(warnings) == 1 and "tenants acme" in warnings[0] and "process backend" in warnings[0]

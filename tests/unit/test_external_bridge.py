@@ -39,7 +39,7 @@ def test_bridge_by_entry_point(tmp_path: Path) -> None:
 
 
 def test_unknown_bridge_fails_startup_with_a_clear_message(tmp_path: Path) -> None:
-    from runtimes.core.errors import ConfigError
+    from runtimes.wire.errors import ConfigError
 
     cfg = make_config(tmp_path, default_bridge="ghost", bridges={"ghost": {"runtime": "ghost", "pool_size": 1}})
     with pytest.raises(ConfigError, match=r"no bridge named 'ghost' in entry point group 'mlbridge.bridges'"):

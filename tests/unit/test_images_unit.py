@@ -17,7 +17,7 @@ import orchestrator.images as images
 from orchestrator.images import _lock, _probe, _rootfs, _wheelhouse, cli
 from orchestrator.images._build import image_labels, runtime_dist_info
 from orchestrator.images._probe import DebPackage
-from runtimes.core.errors import BridgeNotFound, ConfigError, ImageMismatch
+from runtimes.wire.errors import BridgeNotFound, ConfigError, ImageMismatch
 
 ROOT = Path(__file__).resolve().parents[2]
 H1, H2, H3 = "a" * 64, "b" * 64, "c" * 64
@@ -45,7 +45,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_public_surface_is_pinned() -> None:
     assert sorted(images.__all__) == sorted(
         [
-            "IMAGE_VERSION", "BuiltImage", "ImageInfo", "LockedPackage", "build_images",
+            "IMAGE_VERSION", "BuiltImage", "ImageInfo", "LockedPackage", "build_images", "check_image_id",
             "docker_client", "image_labels", "image_tag", "known_bridges", "list_images",
             "lock_sha256", "make_sbom", "parse_lock", "read_lock", "recorded_image_id",
             "records_path", "state_dir", "verify_image", "vulnerability_report",

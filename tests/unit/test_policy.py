@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.config import WorkerLimits
 from orchestrator.policy import (
     ACTIONS,
     NetworkPolicy,
@@ -23,7 +24,7 @@ from orchestrator.policy import (
     parse_policy,
 )
 from orchestrator.policy import cli as policy_cli
-from runtimes.core.errors import (
+from runtimes.wire.errors import (
     ConfigError,
     InternalError,
     InvalidArgument,
@@ -357,9 +358,9 @@ def test_deadline_is_the_shorter_of_policy_and_client() -> None:
 
 def test_container_limits_per_bridge() -> None:
     p = policy(LIMITS)
-    assert p.limits_for("acme", "dspy") == {"cpus": 2.0, "memory_bytes": 1 << 30, "pids": 64}
-    assert p.limits_for("acme", "mock") == {"memory_bytes": 256 << 20, "pids": 64}
-    assert p.limits_for("plain", "dspy") == {"memory_bytes": 256 << 20}
+    assert p.limits_for("acme", "dspy") == WorkerLimits(cpus=2.0, memory_bytes=1 << 30, pids=64)
+    assert p.limits_for("acme", "mock") == WorkerLimits(memory_bytes=256 << 20, pids=64)
+    assert p.limits_for("plain", "dspy") == WorkerLimits(memory_bytes=256 << 20)
 
 
 def test_network_precedence() -> None:

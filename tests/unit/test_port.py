@@ -170,7 +170,7 @@ def test_dspex_script_over_the_port(srv: ServerThread, port: PortProcess) -> Non
     texts = [json.dumps(x) for x in (pong, cfg, created, out, listed, info, stats)] + [port.stderr()]
     assert not [t for t in texts if KEY in t]
     for rec in srv.orch.registry.list(TENANT):
-        assert KEY.encode() not in rec.config + rec.info
+        assert KEY not in rec.config + rec.info
     assert "configure_lm is deprecated" in port.stderr()  # the operator sees the deprecation once
 
 

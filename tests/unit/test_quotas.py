@@ -9,7 +9,7 @@ import time
 import pytest
 
 from orchestrator.policy import Quotas, QuotaTracker
-from runtimes.core.errors import QuotaExceeded
+from runtimes.wire.errors import QuotaExceeded
 
 
 class FakeClock:

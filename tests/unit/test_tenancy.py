@@ -17,7 +17,7 @@ from orchestrator import MLBridge, NotFound, PermissionDenied, QuotaExceeded, Un
 from orchestrator.audit import verify_file
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
-from runtimes.core.errors import DeadlineExceeded
+from runtimes.wire.errors import DeadlineExceeded
 from tests.harness import ServerThread, make_config
 
 SECRET = "s3cr3t-value-for-alice-7f3a9"
@@ -174,7 +174,7 @@ def test_secret_reaches_only_its_tenant_and_appears_nowhere(env, alice: MLBridge
                        str(denied.value)])
     assert SECRET not in seen
     assert SECRET not in audit.read_text()
-    for log in Path(srv.orch._socket_root).rglob("*.log"):
+    for log in Path(srv.app.backend.sockets.root).rglob("*.log"):
         assert SECRET not in log.read_text(errors="replace")
 
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from runtimes.proto import runtime_pb2 as runtimes_dot_proto_dot_runtime__pb2
+from runtimes.wire.proto import runtime_pb2 as runtimes_dot_wire_dot_proto_dot_runtime__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in runtimes/proto/runtime_pb2_grpc.py depends on'
+        + ' but the generated code in runtimes/wire/proto/runtime_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class RuntimeStub:
         """
         self.Describe = channel.unary_unary(
                 '/mlbridge.runtime.v1.Runtime/Describe',
-                request_serializer=runtimes_dot_proto_dot_runtime__pb2.DescribeRequest.SerializeToString,
-                response_deserializer=runtimes_dot_proto_dot_runtime__pb2.DescribeReply.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.DescribeReply.FromString,
                 _registered_method=True)
         self.Call = channel.unary_unary(
                 '/mlbridge.runtime.v1.Runtime/Call',
-                request_serializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-                response_deserializer=runtimes_dot_proto_dot_runtime__pb2.CallReply.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallReply.FromString,
                 _registered_method=True)
         self.CallStream = channel.unary_stream(
                 '/mlbridge.runtime.v1.Runtime/CallStream',
-                request_serializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-                response_deserializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
                 _registered_method=True)
         self.Session = channel.stream_stream(
                 '/mlbridge.runtime.v1.Runtime/Session',
-                request_serializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-                response_deserializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/mlbridge.runtime.v1.Runtime/Cancel',
-                request_serializer=runtimes_dot_proto_dot_runtime__pb2.CancelRequest.SerializeToString,
-                response_deserializer=runtimes_dot_proto_dot_runtime__pb2.CancelReply.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CancelRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CancelReply.FromString,
                 _registered_method=True)
         self.Configure = channel.unary_unary(
                 '/mlbridge.runtime.v1.Runtime/Configure',
-                request_serializer=runtimes_dot_proto_dot_runtime__pb2.ConfigureRequest.SerializeToString,
-                response_deserializer=runtimes_dot_proto_dot_runtime__pb2.ConfigureReply.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureReply.FromString,
                 _registered_method=True)
 
 
@@ -121,33 +121,33 @@ def add_RuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
-                    request_deserializer=runtimes_dot_proto_dot_runtime__pb2.DescribeRequest.FromString,
-                    response_serializer=runtimes_dot_proto_dot_runtime__pb2.DescribeReply.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.DescribeRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.DescribeReply.SerializeToString,
             ),
             'Call': grpc.unary_unary_rpc_method_handler(
                     servicer.Call,
-                    request_deserializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.FromString,
-                    response_serializer=runtimes_dot_proto_dot_runtime__pb2.CallReply.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallReply.SerializeToString,
             ),
             'CallStream': grpc.unary_stream_rpc_method_handler(
                     servicer.CallStream,
-                    request_deserializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.FromString,
-                    response_serializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.SerializeToString,
             ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
-                    request_deserializer=runtimes_dot_proto_dot_runtime__pb2.CallRequest.FromString,
-                    response_serializer=runtimes_dot_proto_dot_runtime__pb2.StreamEvent.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
-                    request_deserializer=runtimes_dot_proto_dot_runtime__pb2.CancelRequest.FromString,
-                    response_serializer=runtimes_dot_proto_dot_runtime__pb2.CancelReply.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CancelRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CancelReply.SerializeToString,
             ),
             'Configure': grpc.unary_unary_rpc_method_handler(
                     servicer.Configure,
-                    request_deserializer=runtimes_dot_proto_dot_runtime__pb2.ConfigureRequest.FromString,
-                    response_serializer=runtimes_dot_proto_dot_runtime__pb2.ConfigureReply.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,8 +175,8 @@ class Runtime:
             request,
             target,
             '/mlbridge.runtime.v1.Runtime/Describe',
-            runtimes_dot_proto_dot_runtime__pb2.DescribeRequest.SerializeToString,
-            runtimes_dot_proto_dot_runtime__pb2.DescribeReply.FromString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.DescribeRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.DescribeReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -202,8 +202,8 @@ class Runtime:
             request,
             target,
             '/mlbridge.runtime.v1.Runtime/Call',
-            runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-            runtimes_dot_proto_dot_runtime__pb2.CallReply.FromString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -229,8 +229,8 @@ class Runtime:
             request,
             target,
             '/mlbridge.runtime.v1.Runtime/CallStream',
-            runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-            runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -256,8 +256,8 @@ class Runtime:
             request_iterator,
             target,
             '/mlbridge.runtime.v1.Runtime/Session',
-            runtimes_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-            runtimes_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -283,8 +283,8 @@ class Runtime:
             request,
             target,
             '/mlbridge.runtime.v1.Runtime/Cancel',
-            runtimes_dot_proto_dot_runtime__pb2.CancelRequest.SerializeToString,
-            runtimes_dot_proto_dot_runtime__pb2.CancelReply.FromString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CancelRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CancelReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -310,8 +310,8 @@ class Runtime:
             request,
             target,
             '/mlbridge.runtime.v1.Runtime/Configure',
-            runtimes_dot_proto_dot_runtime__pb2.ConfigureRequest.SerializeToString,
-            runtimes_dot_proto_dot_runtime__pb2.ConfigureReply.FromString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureReply.FromString,
             options,
             channel_credentials,
             insecure,

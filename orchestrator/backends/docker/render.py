@@ -15,13 +15,12 @@ from typing import Any
 
 from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS
 from docker.types import DeviceRequest, Mount, Ulimit
-from pydantic import ValidationError
 
-from orchestrator.config import Limits, parse_size
-from runtimes.core.errors import ConfigError
+from orchestrator.config import parse_size
+from runtimes.wire.errors import ConfigError
 
-from .base import WorkerSpec
-from .gpus import GpuInventory, detect_gpus
+from ..base import WorkerSpec
+from ..gpus import GpuInventory, detect_gpus
 
 __all__ = [
     "CONTAINER_GID",
@@ -29,8 +28,6 @@ __all__ = [
     "SOCKET_MOUNT",
     "check_network_mode",
     "container_name",
-    "effective_limits",
-    "network_mode",
     "render_run_kwargs",
     "split_run_kwargs",
 ]
@@ -54,34 +51,14 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
-def effective_limits(spec: WorkerSpec) -> Limits:
-    """The bridge's limits with ``spec.limits_override`` (from policy) applied.
-
-    Raises:
-        ConfigError: an override names an unknown limit or has a bad value.
-    """
-    if not spec.limits_override:
-        return spec.config.limits
-    try:
-        return Limits.model_validate({**spec.config.limits.model_dump(), **spec.limits_override})
-    except ValidationError as exc:
-        bad = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid limits for worker {spec.worker_id} of bridge {spec.bridge!r}: {bad}") from None
-
-
-def network_mode(spec: WorkerSpec) -> str:
-    """``spec.network`` (from policy) over ``config.network``; ``none`` by default.
+def check_network_mode(mode: str, bridge: str) -> str:
+    """``mode`` stripped (``none`` when empty).
 
     Raises:
         ConfigError: the mode would share the host's or another container's
             network namespace (``host``, ``container:<id>``).
     """
-    return check_network_mode(spec.network or spec.config.network or "none", spec.bridge)
-
-
-def check_network_mode(mode: str, bridge: str) -> str:
-    """``mode`` stripped, unless it shares a namespace (see :func:`network_mode`)."""
-    mode = mode.strip()
+    mode = mode.strip() or "none"
     if mode in _SHARED_NETWORKS or mode.startswith(_SHARED_PREFIXES):
         raise ConfigError(
             f"network {mode!r} for bridge {bridge!r} would share another network namespace; "
@@ -98,11 +75,10 @@ def container_name(spec: WorkerSpec) -> str:
 
 def _environment(spec: WorkerSpec) -> dict[str, str]:
     env: dict[str, str] = {}
-    for source in (spec.config.env, spec.env):
-        for key, value in source.items():
-            if not _ENV_NAME.match(key) or "\0" in str(value):
-                raise ConfigError(f"invalid environment variable {key!r} for bridge {spec.bridge!r}")
-            env[key] = str(value)
+    for key, value in spec.config.env.items():
+        if not _ENV_NAME.match(key) or "\0" in str(value):
+            raise ConfigError(f"invalid environment variable {key!r} for bridge {spec.bridge!r}")
+        env[key] = str(value)
     env["MLBRIDGE_BRIDGE"] = spec.runtime
     env["MLBRIDGE_MAX_MESSAGE_BYTES"] = str(spec.max_message_bytes)
     # docker-init is PID 1; the image's tini below it must be a subreaper to reap orphans.
@@ -119,14 +95,15 @@ def _device_requests(gpu_ids: list[str], inventory: GpuInventory | None) -> list
     return [DeviceRequest(driver="nvidia", device_ids=ids, capabilities=[["gpu"]])]
 
 
-def render_run_kwargs(spec: WorkerSpec, image: str, *, gpu_inventory: GpuInventory | None = None,
+def render_run_kwargs(spec: WorkerSpec, image: str, socket_dir: Path, *, gpu_inventory: GpuInventory | None = None,
                       extra_labels: dict[str, str] | None = None, log_max_size: str = LOG_MAX_SIZE,
                       log_max_file: str = LOG_MAX_FILE) -> dict[str, Any]:
     """The hardened ``containers.run`` kwargs for one worker.
 
     Args:
-        spec: the worker to start; its ``socket_dir`` is the only mount.
+        spec: the worker to start.
         image: image reference to run (the backend passes the verified image id).
+        socket_dir: the worker's socket directory on the host: the only mount.
         gpu_inventory: GPUs to check ``limits.gpus`` against; detected on the
             host when None and GPUs are requested.
         extra_labels: added to ``spec.labels`` (the backend's scope label);
@@ -138,7 +115,7 @@ def render_run_kwargs(spec: WorkerSpec, image: str, *, gpu_inventory: GpuInvento
         ConfigError: bad limits, a GPU id not in the inventory, a shared
             network namespace, or an invalid environment variable name.
     """
-    limits = effective_limits(spec)
+    limits = spec.config.limits
     memory = limits.memory_bytes
     tmpfs_bytes = parse_size(limits.tmpfs_size)
     kwargs: dict[str, Any] = {
@@ -160,7 +137,7 @@ def render_run_kwargs(spec: WorkerSpec, image: str, *, gpu_inventory: GpuInvento
         "read_only": True,
         # nr_inodes bounds file count too: empty files cost kernel memory, not tmpfs bytes.
         "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={tmpfs_bytes},nr_inodes={max(64, tmpfs_bytes // 4096)}"},
-        "mounts": [Mount(target=SOCKET_MOUNT, source=str(Path(spec.socket_dir).absolute()), type="bind", read_only=False)],
+        "mounts": [Mount(target=SOCKET_MOUNT, source=str(Path(socket_dir).absolute()), type="bind", read_only=False)],
         "pids_limit": limits.pids,
         "mem_limit": memory,
         "memswap_limit": memory,  # equal to the memory limit: no swap
@@ -168,7 +145,7 @@ def render_run_kwargs(spec: WorkerSpec, image: str, *, gpu_inventory: GpuInvento
         "ulimits": [Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile)],
         "ipc_mode": "private",
         "cgroupns": "private",
-        "network_mode": network_mode(spec),
+        "network_mode": check_network_mode(spec.config.network, spec.bridge),
         "log_config": {"type": "json-file", "config": {"max-size": log_max_size, "max-file": str(log_max_file)}},
         "init": True,
         "runtime": spec.config.runtime_class,

@@ -1,4 +1,8 @@
-"""Reply metadata keys a handler may set (``ctx.metadata[KEY] = value``) to tell the orchestrator something.
+"""Metadata keys of mlbridge's two hops.
+
+Request metadata (public API): :data:`AUTHORIZATION` carries ``Bearer <token>``.
+
+Reply metadata keys a handler may set (``ctx.metadata[KEY] = value``) to tell the orchestrator something.
 
 REPLAY_KEY: replay this call, keyed by the value, on every worker the tenant
     claims later (a replacement after a crash included). A later call with the
@@ -10,6 +14,8 @@ CREATED_RESOURCES: JSON list of ``{"resource_id", "type", "config", "info"}``
 DELETED_RESOURCES: JSON list of resource ids a handler deleted.
 DEPRECATED: a sentence naming the replacement of a deprecated command.
 """
+
+AUTHORIZATION = "authorization"
 
 REPLAY_KEY = "mlbridge-replay-key"
 REPLAY_CLEAR = "mlbridge-replay-clear"

@@ -1,28 +1,27 @@
 """The ``docker`` backend: each worker is one hardened container.
 
-Settings come from :mod:`.docker_render` (pure, unit-tested); this module
-talks to the engine. The docker SDK blocks, so every call runs in this
-backend's thread pool. Docker SDK errors never leave this module: they are
-translated to :mod:`runtimes.core.errors` types (:mod:`.docker_errors`).
+Settings come from :mod:`.render` (pure, unit-tested); what the engine's
+answers mean from :mod:`.state`; every engine call sits in :mod:`.engine`,
+which translates docker SDK errors at the boundary (:mod:`.errors`). The SDK
+blocks, so every engine call runs in this backend's thread pool.
 
-OOM detection is explained in :mod:`.docker_state`.
+Control channel: a unix socket in a per-worker host directory (its own tiny
+tmpfs, owned by the container's uid), bind-mounted into that container and
+nowhere else (:mod:`orchestrator.backends.unix`).
 
 Tenant labels. Docker cannot relabel a running container, so a warm spare
 claimed by a tenant keeps the labels it was started with; the pool tracks
-tenancy. Labels known at start (``WorkerSpec.labels``, which a tenant label
-may extend) are applied as given.
+tenancy, and the container is renamed ``<name>.<tenant>`` (:meth:`mark_tenant`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
-import shutil
-import stat
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,26 +30,33 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
-import requests
-from docker import errors as derr
 
-from orchestrator import sockets
-from orchestrator.config import BridgeConfig
-from orchestrator.images import image_tag, verify_image
-from runtimes.core.errors import ConfigError, MLBridgeError, Unavailable
+from orchestrator.config import BridgeConfig, Config
+from orchestrator.images import check_image_id, image_tag
+from runtimes.wire.errors import ConfigError, MLBridgeError, Unavailable
 
-from .base import LABEL_PREFIX, SOCKET_NAME, Backend, ExitInfo, WorkerHandle, WorkerSpec
-from .docker_egress import EgressNetwork
-from .docker_errors import check_engine_socket, engine_unreachable, translated
-from .docker_render import (
+from ..base import (
+    LABEL_PREFIX,
+    Backend,
+    ExitInfo,
+    SupportsEgress,
+    SupportsGpus,
+    WorkerHandle,
+    WorkerLimits,
+    WorkerSpec,
+)
+from ..gpus import GpuInventory, detect_gpus
+from ..unix import SocketRoot, UnixSocketChannel, mount_tmpfs, worker_tmpfs_options
+from .egress import EgressNetwork
+from .engine import Engine
+from .render import (
     CONTAINER_GID,
     CONTAINER_UID,
     check_network_mode,
     render_run_kwargs,
     split_run_kwargs,
 )
-from .docker_state import cgroup_oom_kills, cgroup_usage, exit_info_from_state, memory_stats
-from .gpus import GpuInventory
+from .state import cgroup_oom_kills, cgroup_usage, exit_info_from_state, memory_stats
 
 __all__ = ["DockerBackend", "default_image"]
 
@@ -60,10 +66,10 @@ T = TypeVar("T")
 
 ORCHESTRATOR_LABEL = f"{LABEL_PREFIX}orchestrator"
 SCOPE_LABEL = f"{LABEL_PREFIX}scope"
-# Unix socket paths longer than this cannot be connected to (sun_path is 108 bytes).
-_MAX_SOCKET_PATH = 107
 # How many ended containers' exit infos are kept for exit_info() after stop() removed them.
 _REMEMBER = 4096
+# How long a SIGKILL exit that mlbridge did not cause may take to show the engine's OOM flag.
+OOM_SETTLE_S = 1.5
 
 
 def default_image(bridge: str) -> str:
@@ -78,12 +84,30 @@ def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
         memory.popitem(last=False)
 
 
-# How long a SIGKILL exit that mlbridge did not cause may take to show the engine's OOM flag.
-OOM_SETTLE_S = 1.5
+def prepare_socket_dir(channel: UnixSocketChannel) -> None:
+    """Hand a fresh socket directory to the container's uid, on its own tiny tmpfs when running as root.
+
+    Raises:
+        ConfigError: not root and not the container's uid (the runtime could not create its socket).
+    """
+    path = channel.socket_dir
+    euid = os.geteuid()
+    if euid == 0:
+        # Its own tiny tmpfs: a worker cannot exhaust space or inodes other workers need.
+        if not os.path.ismount(path):
+            mount_tmpfs(path, worker_tmpfs_options(CONTAINER_UID, CONTAINER_GID))
+        os.chown(path, CONTAINER_UID, CONTAINER_GID)
+    elif euid != CONTAINER_UID:
+        raise ConfigError(
+            f"the docker backend must hand {path} to the container's uid {CONTAINER_UID} so the runtime "
+            "can create its socket there, which needs root: run the orchestrator as root "
+            f"(or as uid {CONTAINER_UID})"
+        )
+    os.chmod(path, 0o700)
 
 
-class DockerBackend(Backend):
-    """Runs each worker in its own hardened container (see :mod:`.docker_render`).
+class DockerBackend(Backend, SupportsEgress, SupportsGpus):
+    """Runs each worker in its own hardened container (see :mod:`.render`).
 
     Args:
         client: a ``docker.DockerClient``; by default one from the environment
@@ -91,21 +115,22 @@ class DockerBackend(Backend):
         gpu_inventory: GPUs that ``limits.gpus`` may name; detected when needed.
         stats_ttl_s: how long :meth:`stats` reuses a reading (a reading costs
             a round trip to the engine).
-        max_threads: threads for blocking docker SDK calls.
+        max_threads: threads for blocking engine calls.
         scope: when set, every container gets the label ``io.mlbridge.scope=<scope>``
             and :meth:`list` / :meth:`reap` see only containers of that scope, so
             separate deployments (or test sessions) on one engine never reap
             each other. Unset, they see every mlbridge container on the engine.
+        socket_root: where worker socket directories go (a new temp dir by default).
     """
 
     name = "docker"
+    enforces_limits = True
 
     def __init__(self, *, client: docker.DockerClient | None = None,
                  gpu_inventory: GpuInventory | None = None, stats_ttl_s: float = 2.0,
-                 max_threads: int = 16, scope: str | None = None) -> None:
-        self._client = client
+                 max_threads: int = 16, scope: str | None = None, socket_root: Path | None = None) -> None:
+        self.engine = Engine(client)
         self._scope_labels = {SCOPE_LABEL: scope} if scope else {}
-        self._client_lock = threading.Lock()
         self._gpus = gpu_inventory
         self._stats_ttl = stats_ttl_s
         self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="mlbridge-docker")
@@ -117,43 +142,30 @@ class DockerBackend(Backend):
         self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._scope = scope
         self._egress: EgressNetwork | None = None
-        self._socket_dirs: set[Path] = set()
+        self.sockets = SocketRoot(socket_root)
 
-    # -- plumbing ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Config) -> DockerBackend:
+        """Orchestrators sharing a state dir are one deployment: the reaper removes
+        what an earlier one of them left, never another deployment's workers."""
+        scope = hashlib.sha256(str(Path(config.state_dir).resolve()).encode()).hexdigest()[:12]
+        return cls(scope=scope)
 
-    def _docker(self) -> docker.DockerClient:
-        """The client, created on first use (this makes one round trip for the API version)."""
-        if self._client is None:
-            with self._client_lock:
-                if self._client is None:
-                    check_engine_socket()
-                    with translated("connect to the engine"):
-                        try:
-                            self._client = docker.from_env(max_pool_size=32)
-                        except derr.DockerException as exc:
-                            raise engine_unreachable(exc) from exc
-        return self._client
-
-    async def _run(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        def call() -> T:
-            with translated(action):
-                return fn(*args, **kwargs)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- images -----------------------------------------------------------------------------
 
     def _verify_sync(self, bridge: str, cfg: BridgeConfig) -> str:
         ref = cfg.image or default_image(bridge)
-        client = self._docker()
+        current = self.engine.image_id(ref)
         if cfg.image is None or ref.startswith("mlbridge/"):
-            return verify_image(client, ref)
-        try:
-            return str(client.api.inspect_image(ref)["Id"])
-        except derr.ImageNotFound as exc:
+            return check_image_id(ref, current)
+        if current is None:
             raise ConfigError(f"image {ref!r} for bridge {bridge!r} is not present in the Docker engine: "
                               f"pull or build it, or unset bridges.{bridge}.image to use "
-                              f"`mlbridge images build {bridge}`") from exc
+                              f"`mlbridge images build {bridge}`")
+        return current
 
     async def image_id(self, bridge: str, cfg: BridgeConfig, *, refresh: bool = False) -> str:
         """The verified id of ``bridge``'s image (checked once, then cached).
@@ -167,16 +179,27 @@ class DockerBackend(Backend):
         lock = self._image_locks.setdefault(ref, asyncio.Lock())
         async with lock:
             if refresh or ref not in self._images:
-                self._images[ref] = await self._run(f"inspect image {ref}", self._verify_sync, bridge, cfg)
+                self._images[ref] = await self._run(self._verify_sync, bridge, cfg)
         return self._images[ref]
 
-    async def prepare(self, bridges: dict[str, BridgeConfig]) -> None:
+    def _inventory(self) -> GpuInventory:
+        if self._gpus is None:
+            self._gpus = detect_gpus()
+        return self._gpus
+
+    def check_gpus(self, bridge: str, cfg: BridgeConfig) -> None:
+        """Refuse ``limits.gpus`` ids this host does not have (never "all")."""
+        if cfg.limits.gpus:
+            self._inventory().resolve(cfg.limits.gpus)
+
+    async def prepare(self, config: Config) -> None:
         """Check the engine, OCI runtimes, networks and every bridge's image before any worker starts.
 
         Raises:
             ConfigError: naming what is missing and how to fix it.
         """
-        info = await self._run("read engine info", lambda: self._docker().api.info())
+        bridges = config.bridges
+        info = await self._run(self.engine.info)
         runtimes_known = set((info.get("Runtimes") or {}).keys())
         problems = []
         for name, cfg in sorted(bridges.items()):
@@ -189,11 +212,8 @@ class DockerBackend(Backend):
             except ConfigError as err:
                 problems.append(str(err))
                 continue
-            if mode not in ("none", "bridge", "default"):
-                try:
-                    await self._run(f"inspect network {mode}", lambda m=mode: self._docker().api.inspect_network(m))
-                except Unavailable:
-                    problems.append(f"bridge {name!r}: docker network {mode!r} does not exist")
+            if mode not in ("none", "bridge", "default") and await self._run(self.engine.inspect_network, mode) is None:
+                problems.append(f"bridge {name!r}: docker network {mode!r} does not exist")
         if problems:
             raise ConfigError("docker backend cannot start:\n  " + "\n  ".join(problems))
         for name, cfg in sorted(bridges.items()):
@@ -201,49 +221,9 @@ class DockerBackend(Backend):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    @staticmethod
-    def _prepare_socket_dir(path: Path) -> Path:
-        path = path.absolute()
-        sock = path / SOCKET_NAME
-        if len(str(sock)) > _MAX_SOCKET_PATH:
-            raise ConfigError(f"socket path {sock} is longer than {_MAX_SOCKET_PATH} bytes; "
-                              "use a shorter state_dir")
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = path.lstat()
-        if not stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"socket dir {path} is not a directory")
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()
-        euid = os.geteuid()
-        if euid == 0:
-            # Its own tiny tmpfs: a worker cannot exhaust space or inodes other workers need.
-            if not os.path.ismount(path):
-                sockets.mount_tmpfs(path, sockets.worker_tmpfs_options(CONTAINER_UID, CONTAINER_GID))
-            os.chown(path, CONTAINER_UID, CONTAINER_GID)
-        elif euid != CONTAINER_UID:
-            raise ConfigError(
-                f"the docker backend must hand {path} to the container's uid {CONTAINER_UID} so the runtime "
-                "can create its socket there, which needs root: run the orchestrator as root "
-                f"(or as uid {CONTAINER_UID})"
-            )
-        os.chmod(path, 0o700)
-        return path
-
-    def _create_and_start(self, create: dict[str, Any], host: dict[str, Any]) -> str:
-        api = self._docker().api
-        host_config = api.create_host_config(**host)
-        cid = str(api.create_container(host_config=host_config, **create)["Id"])
-        try:
-            api.start(cid)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                api.remove_container(cid, force=True)
-            raise
-        return cid
-
     async def _start_container(self, worker_id: str, create: dict[str, Any], host: dict[str, Any]) -> str:
-        fut = asyncio.ensure_future(self._run(f"start a container for worker {worker_id}",
-                                              self._create_and_start, create, host))
+        fut = asyncio.ensure_future(self._run(self.engine.create_and_start, create, host,
+                                              f"start a container for worker {worker_id}"))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -259,7 +239,7 @@ class DockerBackend(Backend):
 
     def _remove_quietly(self, cid: str) -> None:
         with contextlib.suppress(Exception):
-            self._docker().api.remove_container(cid, force=True, v=True)
+            self.engine.remove(cid)
 
     async def start(self, spec: WorkerSpec) -> WorkerHandle:
         """Create and start the worker's container; return once it is launched (not ready).
@@ -270,13 +250,14 @@ class DockerBackend(Backend):
             Unavailable: the engine refused to create or start the container.
         """
         image = await self.image_id(spec.bridge, spec.config)
-        kwargs = render_run_kwargs(spec, image, gpu_inventory=self._gpus, extra_labels=self._scope_labels)
-        if self._egress is not None:
-            # Its DNS forwards (should it join the egress network) then go nowhere: see docker_egress.
-            kwargs["dns"] = [self._egress.gateway]
-        socket_dir = self._prepare_socket_dir(spec.socket_dir)
-        self._socket_dirs.add(socket_dir)
+        channel = self.sockets.channel(spec.worker_id)
         try:
+            kwargs = render_run_kwargs(spec, image, channel.socket_dir, gpu_inventory=self._gpus,
+                                       extra_labels=self._scope_labels)
+            if self._egress is not None:
+                # Its DNS forwards (should it join the egress network) then go nowhere: see .egress.
+                kwargs["dns"] = [self._egress.gateway]
+            prepare_socket_dir(channel)
             for attempt in (1, 2):
                 create, host = split_run_kwargs(kwargs)
                 try:
@@ -289,23 +270,19 @@ class DockerBackend(Backend):
                         continue
                     raise
         except BaseException:
-            sockets.unmount(socket_dir)
-            shutil.rmtree(socket_dir, ignore_errors=True)
+            self.sockets.release(channel)
             raise
         log.debug("worker %s: container %s started from %s", spec.worker_id, cid[:12], image)
-        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge,
-                            address=f"unix://{socket_dir / SOCKET_NAME}", socket_dir=socket_dir,
-                            ref=cid, image_id=image, backend=self.name)
+        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=channel, ref=cid,
+                            image_id=image, backend=self.name)
 
     def _final_info(self, cid: str) -> ExitInfo | None:
-        api = self._docker().api
         # The engine may handle a container's exit before the kernel's OOM notice,
         # so a SIGKILL exit mlbridge did not cause gets a moment to gain its OOM flag.
         settle = time.monotonic() + OOM_SETTLE_S
         while True:
-            try:
-                attrs = api.inspect_container(cid)
-            except derr.NotFound:
+            attrs = self.engine.inspect(cid)
+            if attrs is None:
                 return ExitInfo(exit_code=None, reason="container was removed")
             state = attrs.get("State") or {}
             info = exit_info_from_state(state, (attrs.get("HostConfig") or {}).get("Memory"),
@@ -317,28 +294,15 @@ class DockerBackend(Backend):
             time.sleep(0.1)
 
     def _stop_sync(self, cid: str, kill: bool, timeout: float) -> None:
-        api = self._docker().api
-        try:
+        before = self._final_info(cid)
+        if before is None:  # still running: mlbridge ends it
+            _remember(self._stopped, cid, "kill" if kill else "stop")
+            self.engine.stop(cid, kill=kill, timeout=max(0, math.ceil(timeout)))
             before = self._final_info(cid)
-            if before is None:  # still running: mlbridge ends it
-                _remember(self._stopped, cid, "kill" if kill else "stop")
-                try:
-                    if kill:
-                        api.kill(cid)
-                    else:
-                        api.stop(cid, timeout=max(0, math.ceil(timeout)))
-                except derr.NotFound:
-                    pass
-                except derr.APIError as exc:
-                    if exc.status_code != 409:  # 409: it exited meanwhile
-                        raise
-                before = self._final_info(cid)
-            if before is not None:
-                _remember(self._final, cid, before)
-            api.remove_container(cid, force=True, v=True)
-        except derr.NotFound:
-            if cid not in self._final:
-                _remember(self._final, cid, ExitInfo(exit_code=None, reason="container was removed"))
+        if before is not None:
+            _remember(self._final, cid, before)
+        if not self.engine.remove(cid) and cid not in self._final:
+            _remember(self._final, cid, ExitInfo(exit_code=None, reason="container was removed"))
 
     async def stop(self, handle: WorkerHandle, *, kill: bool = False, timeout: float = 5.0) -> None:
         """Stop (SIGTERM, SIGKILL after ``timeout``) or kill the container, then remove it.
@@ -347,19 +311,18 @@ class DockerBackend(Backend):
         """
         cid = str(handle.ref)
         try:
-            await self._run(f"stop worker {handle.worker_id}", self._stop_sync, cid, kill, timeout)
+            await self._run(self._stop_sync, cid, kill, timeout)
         finally:
             self._stats.pop(cid, None)
-            self._socket_dirs.discard(handle.socket_dir)
-            sockets.unmount(handle.socket_dir)
-            shutil.rmtree(handle.socket_dir, ignore_errors=True)
+            assert isinstance(handle.channel, UnixSocketChannel)
+            self.sockets.release(handle.channel)
 
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
         """None while the container runs, else how it ended (OOM kill included)."""
         cid = str(handle.ref)
         if cid in self._final:
             return self._final[cid]
-        return await self._run(f"inspect worker {handle.worker_id}", self._final_info, cid)
+        return await self._run(self._final_info, cid)
 
     async def mark_tenant(self, handle: WorkerHandle, tenant: str) -> None:
         """Rename a claimed container to ``<name>.<tenant>``: labels cannot change on a running
@@ -367,36 +330,31 @@ class DockerBackend(Backend):
         cid = str(handle.ref)
 
         def rename() -> None:
-            api = self._docker().api
-            name = str(api.inspect_container(cid)["Name"]).lstrip("/")
-            api.rename(cid, f"{name}.{tenant}")
+            attrs = self.engine.inspect(cid)
+            if attrs is None:
+                raise Unavailable(f"worker {handle.worker_id} is gone")
+            self.engine.rename(cid, f"{str(attrs['Name']).lstrip('/')}.{tenant}")
 
-        await self._run(f"name worker {handle.worker_id} after its tenant", rename)
+        await self._run(rename)
 
     def usage(self, handle: WorkerHandle) -> dict[str, int]:
         return cgroup_usage(str(handle.ref))
 
-    async def apply_limits(self, handle: WorkerHandle, limits: dict[str, Any]) -> bool:
-        """Lower a running worker's cgroup limits in place (``cpus``, ``memory_bytes``, ``pids``).
+    async def apply_limits(self, handle: WorkerHandle, limits: WorkerLimits) -> bool:
+        """Lower a running worker's cgroup limits in place.
 
         Memory and memory+swap move together, so the worker still gets no swap.
         """
         body: dict[str, Any] = {}
-        if limits.get("cpus"):
-            body["NanoCpus"] = int(float(limits["cpus"]) * 1e9)
-        if limits.get("memory_bytes"):
-            body["Memory"] = body["MemorySwap"] = int(limits["memory_bytes"])
-        if limits.get("pids"):
-            body["PidsLimit"] = int(limits["pids"])
+        if limits.cpus:
+            body["NanoCpus"] = int(limits.cpus * 1e9)
+        if limits.memory_bytes:
+            body["Memory"] = body["MemorySwap"] = int(limits.memory_bytes)
+        if limits.pids:
+            body["PidsLimit"] = int(limits.pids)
         if not body:
             return False
-        cid = str(handle.ref)
-
-        def update() -> None:
-            api = self._docker().api
-            api._raise_for_status(api._post_json(api._url("/containers/{0}/update", cid), data=body))
-
-        await self._run(f"lower the limits of worker {handle.worker_id}", update)
+        await self._run(self.engine.update_resources, str(handle.ref), body)
         return True
 
     async def stats(self, handle: WorkerHandle, *, max_age_s: float | None = None) -> dict[str, Any]:
@@ -413,8 +371,7 @@ class DockerBackend(Backend):
         if hit is not None and time.monotonic() - hit[0] < ttl:
             return hit[1]
         try:
-            raw = await self._run(f"read stats of worker {handle.worker_id}",
-                                  lambda: self._docker().api.stats(cid, stream=False, one_shot=True))
+            raw = await self._run(self.engine.stats, cid)
         except Unavailable:
             return {}
         out = memory_stats(raw)
@@ -429,15 +386,15 @@ class DockerBackend(Backend):
     async def open_egress(self) -> str:
         """Create (or adopt) the internal egress network; return its gateway IP for the proxy.
 
-        Workers started from now on use the gateway as DNS server (see :mod:`.docker_egress`).
+        Workers started from now on use the gateway as DNS server (see :mod:`.egress`).
 
         Raises:
             ConfigError: iptables is unusable (allowlists are refused, never run unprotected),
                 or a foreign network has the egress network's name.
         """
         if self._egress is None:
-            net = EgressNetwork(lambda: self._docker().api, self._scope, self._scope_labels)
-            await self._run("create the egress network", net.open)
+            net = EgressNetwork(self.engine, self._scope, self._scope_labels)
+            await self._run(net.open)
             self._egress = net
         return self._egress.gateway
 
@@ -445,14 +402,13 @@ class DockerBackend(Backend):
         """Firewall the egress network: its workers reach the gateway's ``proxy_port`` and nothing else."""
         if self._egress is None:
             raise ConfigError("open_egress() first")
-        await self._run("install the egress firewall", self._egress.protect, proxy_port)
+        await self._run(self._egress.protect, proxy_port)
 
     async def connect_egress(self, handle: WorkerHandle) -> str:
         """Move a worker from network ``none`` onto the egress network; return its IP there."""
         if self._egress is None:
             raise ConfigError("the egress network is not open")
-        return await self._run(f"connect worker {handle.worker_id} to the egress network",
-                               self._egress.connect, str(handle.ref))
+        return await self._run(self._egress.connect, str(handle.ref))
 
     @property
     def egress(self) -> EgressNetwork | None:
@@ -463,14 +419,13 @@ class DockerBackend(Backend):
         """Remove the egress network and its firewall rules (workers are gone by now)."""
         net, self._egress = self._egress, None
         if net is not None:
-            await self._run("remove the egress network", net.close)
+            await self._run(net.close)
 
     # -- inventory --------------------------------------------------------------------------
 
     def _containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         wanted = {**labels, **self._scope_labels}
-        filters = [ORCHESTRATOR_LABEL] + [f"{k}={v}" for k, v in wanted.items()]
-        rows = self._docker().api.containers(all=True, filters={"label": filters})
+        rows = self.engine.containers([ORCHESTRATOR_LABEL] + [f"{k}={v}" for k, v in wanted.items()])
         return [{
             "id": r["Id"],
             "name": (r.get("Names") or [""])[0].lstrip("/"),
@@ -482,10 +437,9 @@ class DockerBackend(Backend):
 
     async def list(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         """mlbridge containers (running or not) whose labels include ``labels``."""
-        return await self._run("list containers", self._containers, labels)
+        return await self._run(self._containers, labels)
 
     def _reap_sync(self, keep: str) -> int:
-        api = self._docker().api
         removed = 0
         for row in self._containers({}):
             owner = row["labels"].get(ORCHESTRATOR_LABEL, "")
@@ -494,12 +448,9 @@ class DockerBackend(Backend):
             log.warning("reaping container %s (%s, bridge %s) left by orchestrator %s",
                         row["id"][:12], row["name"], row["labels"].get(f"{LABEL_PREFIX}bridge", "?"), owner)
             try:
-                api.remove_container(row["id"], force=True, v=True)
-                removed += 1
-            except derr.NotFound:
-                continue
-            except derr.APIError as exc:
-                log.error("could not reap container %s: %s", row["id"][:12], exc.explanation or exc)
+                removed += self.engine.remove(row["id"])
+            except Unavailable as exc:
+                log.error("could not reap container %s: %s", row["id"][:12], exc)
         return removed
 
     async def reap(self, keep_orchestrator_id: str) -> int:
@@ -509,24 +460,15 @@ class DockerBackend(Backend):
         ``scope`` it also removes the containers of any other orchestrator
         running on the same engine.
         """
-        return await self._run("reap leftover containers", self._reap_sync, keep_orchestrator_id)
+        return await self._run(self._reap_sync, keep_orchestrator_id)
 
     def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """Last ``lines`` of the container's output (a blocking call: error paths only)."""
-        try:
-            raw = self._docker().api.logs(str(handle.ref), stdout=True, stderr=True, tail=lines)
-        except (MLBridgeError, derr.DockerException, requests.exceptions.RequestException):
-            return ""
-        return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        return self.engine.logs(str(handle.ref), lines)
 
     async def close(self) -> None:
-        for path in self._socket_dirs:  # workers removed behind the backend's back
-            sockets.unmount(path)
-        self._socket_dirs.clear()
         with contextlib.suppress(MLBridgeError):
             await self.close_egress()
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
+        await self._run(self.engine.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
-
+        self.sockets.close()  # also directories of workers removed behind the backend's back

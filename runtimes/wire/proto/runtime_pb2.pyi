@@ -1,3 +1,4 @@
+from runtimes.wire.proto import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -18,9 +19,9 @@ class CommandInfo(_message.Message):
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
-    args_schema_json: bytes
+    args_schema_json: str
     streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[bytes] = ..., streaming: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class ResourceTypeInfo(_message.Message):
     __slots__ = ("name", "description", "config_schema_json", "streaming")
@@ -30,9 +31,9 @@ class ResourceTypeInfo(_message.Message):
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
-    config_schema_json: bytes
+    config_schema_json: str
     streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[bytes] = ..., streaming: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class DescribeReply(_message.Message):
     __slots__ = ("bridge", "framework", "framework_version", "commands", "resource_types", "packages", "runtime_version", "python_version", "required_secrets")
@@ -82,13 +83,13 @@ class CallRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     command: str
-    args_json: bytes
+    args_json: str
     attachments: _containers.ScalarMap[str, bytes]
     resource_id: str
     resource_type: str
     deadline_unix_ms: int
     tenant: str
-    def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "details_json")
@@ -97,8 +98,8 @@ class Error(_message.Message):
     DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
-    details_json: bytes
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details_json: _Optional[bytes] = ...) -> None: ...
+    details_json: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details_json: _Optional[str] = ...) -> None: ...
 
 class CallReply(_message.Message):
     __slots__ = ("call_id", "ok", "result_json", "attachments", "error", "metadata")
@@ -124,27 +125,11 @@ class CallReply(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     ok: bool
-    result_json: bytes
+    result_json: str
     attachments: _containers.ScalarMap[str, bytes]
     error: Error
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, call_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[bytes] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class Chunk(_message.Message):
-    __slots__ = ("data_json",)
-    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
-    data_json: bytes
-    def __init__(self, data_json: _Optional[bytes] = ...) -> None: ...
-
-class Progress(_message.Message):
-    __slots__ = ("step", "total", "message")
-    STEP_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    step: int
-    total: int
-    message: str
-    def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
     __slots__ = ("call_id", "chunk", "progress", "final")
@@ -153,10 +138,10 @@ class StreamEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    chunk: Chunk
-    progress: Progress
+    chunk: _events_pb2.Chunk
+    progress: _events_pb2.Progress
     final: CallReply
-    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_events_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_events_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("call_id",)

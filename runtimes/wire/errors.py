@@ -1,10 +1,12 @@
 """One error hierarchy for mlbridge, shared by runtime, orchestrator and client.
 
 Every error has a stable string ``code``. Errors cross process boundaries
-flattened to that code plus a ``"module.Class: message"`` string (never
-pickled); :func:`error_from_wire` rebuilds the most specific class on the
-other side. The orchestrator maps codes to gRPC status codes in one table
-(``orchestrator.errors``).
+flattened to that code plus a message string (never pickled):
+``"CODE: message"`` for errors mlbridge raises itself, and
+``"module.Class: message"`` for a foreign (framework or user code) exception
+wrapped in :class:`FrameworkError`. :func:`error_from_wire` rebuilds the most
+specific class on the other side. :data:`GRPC_STATUS` is the one table from
+codes to gRPC status names.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ __all__ = [
     "UnknownCommand",
     "WorkerDied",
     "OutOfMemory",
+    "GRPC_STATUS",
+    "error_class",
     "error_from_wire",
     "flatten_exception",
+    "public_details",
 ]
 
 
@@ -56,10 +61,10 @@ class MLBridgeError(Exception):
         self.details: dict[str, Any] = details or {}
 
     def flat(self) -> str:
-        """The ``"module.Class: message"`` form used on the wire."""
+        """The form used on the wire: ``"CODE: message"``, or the text as received for a flattened error."""
         if ": " in self.message and self.details.get("_flattened"):
             return self.message
-        return f"{type(self).__module__}.{type(self).__qualname__}: {self.message}"
+        return f"{self.code}: {self.message}"
 
     def __str__(self) -> str:
         return self.message
@@ -180,6 +185,31 @@ _BY_CODE: dict[str, type[MLBridgeError]] = {}
 for _cls in _all_subclasses(MLBridgeError):
     _BY_CODE.setdefault(_cls.code, _cls)
 _BY_CODE["INTERNAL"] = InternalError
+
+
+# The one table from mlbridge codes to gRPC status names (``grpc.StatusCode[name]``).
+GRPC_STATUS: dict[str, str] = {
+    "INVALID_ARGUMENT": "INVALID_ARGUMENT",
+    "UNKNOWN_COMMAND": "INVALID_ARGUMENT",
+    "INVALID_RESULT": "INTERNAL",
+    "NOT_FOUND": "NOT_FOUND",
+    "UNKNOWN_BRIDGE": "NOT_FOUND",
+    "ALREADY_EXISTS": "ALREADY_EXISTS",
+    "FRAMEWORK_ERROR": "ABORTED",
+    "PAYLOAD_TOO_LARGE": "RESOURCE_EXHAUSTED",
+    "RESOURCE_EXHAUSTED": "RESOURCE_EXHAUSTED",
+    "CANCELLED": "CANCELLED",
+    "DEADLINE_EXCEEDED": "DEADLINE_EXCEEDED",
+    "UNAUTHENTICATED": "UNAUTHENTICATED",
+    "PERMISSION_DENIED": "PERMISSION_DENIED",
+    "UNAVAILABLE": "UNAVAILABLE",
+    "WORKER_DIED": "UNAVAILABLE",
+    "OUT_OF_MEMORY": "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION": "FAILED_PRECONDITION",
+    "IMAGE_MISMATCH": "FAILED_PRECONDITION",
+    "INTERNAL": "INTERNAL",
+}
+assert set(GRPC_STATUS) == set(_BY_CODE), "every error code needs a gRPC status"
 
 
 def error_class(code: str) -> type[MLBridgeError]:

@@ -8,13 +8,13 @@ The engine records an OOM event of the container's memory cgroup (cgroup v1
 victim, and shows it as ``State.OOMKilled`` once the container has exited
 (seen on Docker 20.10, cgroup v1: the flag stays false while the container
 runs, even after a ``docker exec`` process was OOM-killed, and is true after
-a later clean stop). So :meth:`~.docker.DockerBackend.exit_info` reports an OOM death
+a later clean stop). So :meth:`~.backend.DockerBackend.exit_info` reports an OOM death
 only when the flag is set *and* the container died of a SIGKILL (137) that
 mlbridge did not send; the flag with any other exit is reported as a reason
 ("an out-of-memory kill happened in the container earlier"). A 137 without
 the flag that mlbridge did not send is reported as "killed by SIGKILL from
 outside mlbridge". The cgroup is gone once the container has exited, so for
-a running worker :meth:`~.docker.DockerBackend.stats` reads the cgroup's ``oom_kill``
+a running worker :meth:`~.backend.DockerBackend.stats` reads the cgroup's ``oom_kill``
 counter on the host (``oom_kills``) to see victims the runtime survived.
 """
 
@@ -25,7 +25,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .base import ExitInfo
+from ..base import ExitInfo
 
 __all__ = ["cgroup_oom_kills", "exit_info_from_state", "memory_stats"]
 

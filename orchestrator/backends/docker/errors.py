@@ -15,7 +15,7 @@ import requests
 from docker import errors as derr
 from docker.constants import DEFAULT_UNIX_SOCKET
 
-from runtimes.core.errors import ConfigError, MLBridgeError, Unavailable
+from runtimes.wire.errors import ConfigError, MLBridgeError, Unavailable
 
 __all__ = ["ENGINE_HINT", "check_engine_socket", "engine_unreachable", "translate", "translated"]
 

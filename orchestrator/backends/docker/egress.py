@@ -28,7 +28,6 @@ on loopback, CVE-2024-29018). Workers need no DNS: the proxy resolves names.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
@@ -36,13 +35,11 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from docker import errors as derr
+from runtimes.wire.errors import ConfigError, Unavailable
 
-from runtimes.core.errors import ConfigError, Unavailable
-
-from .base import LABEL_PREFIX
+from ..base import LABEL_PREFIX
+from .engine import Engine
 
 __all__ = ["EGRESS_LABEL", "EgressNames", "EgressNetwork", "Firewall", "egress_names"]
 
@@ -166,15 +163,15 @@ class EgressNetwork:
     """The internal docker network for workers with an allowlist (blocking docker calls).
 
     Args:
-        api: returns the low-level docker ``APIClient``.
+        engine: the Docker engine.
         scope: the backend's scope; names the network, bridge interface and chain.
         labels: labels for the network (the backend's scope label).
         runner: runs iptables command lines (tests pass a fake).
     """
 
-    def __init__(self, api: Callable[[], Any], scope: str | None, labels: dict[str, str] | None = None,
+    def __init__(self, engine: Engine, scope: str | None, labels: dict[str, str] | None = None,
                  runner: Runner = _run) -> None:
-        self._api = api
+        self._engine = engine
         self.names = egress_names(scope)
         self.labels = {**(labels or {}), EGRESS_LABEL: "1"}
         self.firewall = Firewall(self.names, runner)
@@ -190,19 +187,15 @@ class EgressNetwork:
                 an internal mlbridge egress network.
         """
         self.firewall.check()
-        api = self._api()
+        engine = self._engine
         name = self.names.network
-        try:
-            info = api.inspect_network(name)
-        except derr.NotFound:
+        info = engine.inspect_network(name)
+        if info is None:
             options = {ICC_OPTION: "false", NAME_OPTION: self.names.interface, MASQ_OPTION: "false"}
-            try:
-                api.create_network(name, driver="bridge", internal=True, options=options,
-                                   labels=self.labels, check_duplicate=True)
-            except derr.APIError as exc:
-                if exc.status_code != 409:  # 409: created meanwhile
-                    raise
-            info = api.inspect_network(name)
+            engine.create_network(name, internal=True, options=options, labels=self.labels)
+            info = engine.inspect_network(name)
+            if info is None:
+                raise Unavailable(f"docker network {name!r} vanished right after it was created")
         opts = info.get("Options") or {}
         if (not info.get("Internal") or opts.get(ICC_OPTION) != "false"
                 or opts.get(NAME_OPTION) != self.names.interface
@@ -236,38 +229,43 @@ class EgressNetwork:
         """
         if not self.firewall.installed:
             raise Unavailable("the egress firewall is not installed; refusing to connect a worker")
-        api = self._api()
-        attached = (api.inspect_container(container_id).get("NetworkSettings") or {}).get("Networks") or {}
+        engine = self._engine
+        attached = self._networks(container_id)
         others = sorted(set(attached) - {"none", self.names.network})
         if others:
             raise ConfigError(f"container {container_id[:12]} is on network(s) {', '.join(others)}; egress "
                               "allowlists need bridges whose workers start on network none")
         if "none" in attached:
-            api.disconnect_container_from_network(container_id, "none")
+            engine.disconnect(container_id, "none")
         if self.names.network not in attached:
-            api.connect_container_to_network(container_id, self.network_id)
-        nets = (api.inspect_container(container_id).get("NetworkSettings") or {}).get("Networks") or {}
-        ip = (nets.get(self.names.network) or {}).get("IPAddress") or ""
+            engine.connect(container_id, self.network_id)
+        ip = (self._networks(container_id).get(self.names.network) or {}).get("IPAddress") or ""
         if not ip:
             raise Unavailable(f"container {container_id[:12]} got no address on {self.names.network}")
         return str(ip)
 
+    def _networks(self, container_id: str) -> dict[str, dict[str, str]]:
+        attrs = self._engine.inspect(container_id)
+        if attrs is None:
+            raise Unavailable(f"container {container_id[:12]} is gone")
+        return dict((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+
     def close(self) -> None:
         """Remove the network (disconnecting anything left on it), then the firewall."""
         if self.network_id:
-            api = self._api()
+            engine = self._engine
             try:
-                info = api.inspect_network(self.network_id)
+                info = engine.inspect_network(self.network_id) or {}
                 for cid in (info.get("Containers") or {}):
-                    with contextlib.suppress(derr.APIError):
-                        api.disconnect_container_from_network(cid, self.network_id, force=True)
-                api.remove_network(self.network_id)
-            except derr.NotFound:
-                pass
-            except derr.APIError as exc:
+                    try:
+                        engine.disconnect(cid, self.network_id, force=True)
+                    except Unavailable:
+                        continue
+                engine.remove_network(self.network_id)
+            except Unavailable as exc:
                 # Something is still on it: keep the firewall, so it stays confined.
                 log.error("could not remove egress network %s (its firewall chain %s stays): %s",
-                          self.names.network, self.names.chain, exc.explanation or exc)
+                          self.names.network, self.names.chain, exc)
                 return
         self.firewall.remove()
         self.network_id = ""

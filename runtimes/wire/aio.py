@@ -1,4 +1,4 @@
-"""Event loop choice: uvloop when installed (faster wakeups), else asyncio's own."""
+"""How both halves run their event loop: uvloop when installed (faster wakeups), else asyncio's own."""
 
 from __future__ import annotations
 

@@ -1,0 +1,112 @@
+"""One running orchestrator, assembled: the one place that knows every part.
+
+Built from a :class:`~orchestrator.config.Config`, in dependency order:
+
+- the backend (by entry point), the registry (SQLite under ``state_dir``);
+- the policy (or none) and the audit log (or none);
+- egress control, when the policy grants allowlists;
+- the claim pipeline (tenant limits, secrets, egress, Configure, replay, naming);
+- the domain service with its pools, whose worker events the audit log and
+  egress control hear;
+- the edge and the gateway in front of the service, the authenticator in
+  front of the edge, and the DSPex facade over the gateway.
+
+The public server (:mod:`orchestrator.api`) serves :attr:`App.gateway`,
+:attr:`App.authenticate` and :attr:`App.dspex`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditLog
+from .backends import make_backend
+from .backends.base import Backend
+from .claims import NO_SETTINGS, ClaimPipeline
+from .compat.dspex import DSPexFacade
+from .config import Config
+from .edge import Authenticator, Gateway, build_gateway
+from .egressctl import EgressControl
+from .policy import Policy, load_policy
+from .registry import Registry
+from .service import Orchestrator
+from .worker import Worker
+
+__all__ = ["App"]
+
+log = logging.getLogger("mlbridge.app")
+
+
+class App:
+    """The orchestrator's parts, wired.
+
+    Args:
+        config: the configuration.
+        backend: a backend to use instead of the one ``config.backend`` names.
+        policy: a policy instead of ``config.policy``'s file.
+        audit: an audit log instead of ``config.audit_log``'s.
+    """
+
+    def __init__(self, config: Config, *, backend: Backend | None = None, policy: Policy | None = None,
+                 audit: AuditLog | None = None) -> None:
+        self.config = config
+        self.backend = backend or make_backend(config)
+        self.policy = policy or (load_policy(config.policy) if config.policy else None)
+        self.audit = audit or (AuditLog(config.audit_log) if config.audit_log else None)
+        registry = Registry(Path(config.state_dir) / "registry.sqlite")
+        self.egress = EgressControl(config, self.policy, self.backend, self.audit) if self.policy else None
+        claims = ClaimPipeline(self.backend, registry, self.policy or NO_SETTINGS, egress=self.egress,
+                               on_secrets=self.audit.redact_values if self.audit else None)
+        listeners: list[Any] = []
+        if self.audit is not None:
+            listeners.append(self._audit_worker_event)
+        if self.egress is not None:
+            listeners.append(self.egress.on_worker_event)
+        self.service = Orchestrator(config, self.backend, registry, claims, listeners=listeners)
+        self.gateway: Gateway
+        self.authenticate: Authenticator
+        self.gateway, self.authenticate = build_gateway(self.service, self.policy, self.audit)
+        self.dspex = DSPexFacade(self.gateway)
+
+    async def start(self) -> None:
+        """Record the policy load, open egress, start the pools.
+
+        Raises:
+            ConfigError: what is missing or wrong, and how to fix it.
+        """
+        if self.audit is not None:
+            p = self.policy or Policy.permissive()
+            await self._record(event="policy_load", outcome="ok", policy_hash=p.source_hash,
+                               extra={"source": str(p.source), "tenants": list(p.tenants)})
+        if self.egress is not None:
+            await self.egress.start()
+        try:
+            await self.service.start()
+        except BaseException:
+            await self._close_edges()
+            raise
+
+    async def stop(self) -> None:
+        """Drain and stop the workers, then the proxy and the audit log."""
+        await self.service.stop()
+        await self._close_edges()
+
+    async def _close_edges(self) -> None:
+        if self.egress is not None:
+            await self.egress.close()
+        if self.audit is not None:
+            self.audit.close()
+
+    async def _audit_worker_event(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
+        if event == "worker_claim":
+            return  # the calls that follow are audited; a claim has no outcome of its own
+        extra = dict(extra)
+        usage = extra.pop("usage", None) or None
+        await self._record(event=event, bridge=worker.bridge, worker_id=worker.id, tenant=worker.tenant or None,
+                           image_id=worker.handle.image_id, outcome="ok", usage=usage, extra=extra)
+
+    async def _record(self, **fields: Any) -> None:
+        if self.audit is not None:
+            await self.audit.arecord(**{k: v for k, v in fields.items() if v not in (None, "")})

@@ -1,0 +1,135 @@
+"""The public service: each public operation as a :class:`Request` through the edge to the domain service.
+
+The servicer (``api/``) and the DSPex facade (``compat/``) call these
+methods; they never call the domain service directly, so every public call,
+a legacy command's every step included, is authorised, counted against the
+tenant's quotas, given the policy's deadline and audited alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ..calls import Reply
+from ..registry import ResourceRecord
+from ..service import Caller, Event, Orchestrator
+from .pipeline import Edge
+from .request import Request, code_hash, payload_size
+
+__all__ = ["Gateway"]
+
+Visible = Callable[[str, list[str]], list[str]]
+
+
+class Gateway:
+    """Public operations for one orchestrator.
+
+    Args:
+        service: the domain service.
+        edge: the steps every request passes.
+        visible_bridges: ``(tenant, names) -> the names the tenant may see``; all by default.
+        scoped_stats: whether GetStats shows a caller only its own tenant's workers and resources.
+    """
+
+    def __init__(self, service: Orchestrator, edge: Edge, *, visible_bridges: Visible | None = None,
+                 scoped_stats: bool = False) -> None:
+        self.service = service
+        self.edge = edge
+        self._visible = visible_bridges
+        self._scoped_stats = scoped_stats
+
+    @property
+    def default_bridge(self) -> str:
+        return self.service.config.default_bridge
+
+    @property
+    def started(self) -> float:
+        """Unix time the orchestrator started."""
+        return self.service.started
+
+    # -- read-only calls: authorised, not counted ------------------------------------------
+    def list_bridges(self, caller: Caller) -> list[dict[str, Any]]:
+        self.edge.check(Request(caller, "ListBridges", "list_bridges"))
+        items = self.service.list_bridges(caller)
+        if self._visible is None:
+            return items
+        visible = set(self._visible(caller.tenant, [b["name"] for b in items]))
+        return [b for b in items if b["name"] in visible]
+
+    def list_resources(self, caller: Caller, bridge: str = "", type_: str = "") -> list[ResourceRecord]:
+        self.edge.check(Request(caller, "ListResources", "list_resources", bridge=bridge or None))
+        return self.service.list_resources(caller, bridge, type_)
+
+    def stats(self, caller: Caller) -> dict[str, Any]:
+        self.edge.check(Request(caller, "GetStats", "stats"))
+        out = self.service.stats(caller)
+        if self._scoped_stats:
+            out["workers"] = [w for w in out["workers"] if w["tenant"] == caller.tenant]
+            if self._visible is not None:
+                visible = set(self._visible(caller.tenant, list(out["bridges"])))
+                out["bridges"] = {k: v for k, v in out["bridges"].items() if k in visible}
+            out["resources"] = self.service.resource_count(caller.tenant)
+        return out
+
+    # -- calls --------------------------------------------------------------------------------
+    async def describe(self, caller: Caller, bridge: str) -> dict[str, Any]:
+        req = Request(caller, "DescribeBridge", "describe", bridge=bridge or self.default_bridge)
+        return await self.edge.run(req, lambda r: self.service.describe(caller, bridge))
+
+    async def call(self, caller: Caller, bridge: str, command: str, args_json: str = "",
+                   attachments: dict[str, bytes] | None = None, call_id: str = "",
+                   timeout_s: float | None = None) -> Reply:
+        req = Request(caller, "Call", "call", bridge=self.service.route_bridge(bridge, command), command=command,
+                      payload_bytes=payload_size(args_json, attachments), code_sha256=code_hash(args_json),
+                      call_id=call_id, timeout_s=timeout_s)
+        return await self.edge.run(req, lambda r: self.service.call(
+            caller, bridge, command, args_json, attachments, call_id, r.timeout_s))
+
+    def call_stream(self, caller: Caller, bridge: str, command: str, args_json: str = "",
+                    attachments: dict[str, bytes] | None = None, call_id: str = "",
+                    timeout_s: float | None = None) -> AsyncIterator[Event]:
+        req = Request(caller, "CallStream", "call", bridge=self.service.route_bridge(bridge, command),
+                      command=command, payload_bytes=payload_size(args_json, attachments),
+                      code_sha256=code_hash(args_json), call_id=call_id, timeout_s=timeout_s)
+        return self.edge.stream(req, lambda r: self.service.call_stream(
+            caller, bridge, command, args_json, attachments, call_id, r.timeout_s))
+
+    async def cancel(self, caller: Caller, call_id: str) -> bool:
+        req = Request(caller, "Cancel", "cancel", call_id=call_id)
+        return await self.edge.run(req, lambda r: self.service.cancel(caller, call_id))
+
+    # -- resources ------------------------------------------------------------------------
+    async def create_resource(self, caller: Caller, bridge: str, type_: str, config_json: str = "",
+                              attachments: dict[str, bytes] | None = None, resource_id: str = "",
+                              call_id: str = "", timeout_s: float | None = None) -> tuple[str, str]:
+        req = Request(caller, "CreateResource", "create_resource", bridge=bridge or self.default_bridge,
+                      resource_type=type_, resource_id=resource_id or None,
+                      payload_bytes=payload_size(config_json, attachments), code_sha256=code_hash(config_json),
+                      call_id=call_id, timeout_s=timeout_s)
+        return await self.edge.run(req, lambda r: self.service.create_resource(
+            caller, bridge, type_, config_json, attachments, resource_id, call_id, r.timeout_s))
+
+    async def execute_resource(self, caller: Caller, resource_id: str, inputs_json: str = "",
+                               attachments: dict[str, bytes] | None = None, call_id: str = "",
+                               timeout_s: float | None = None) -> Reply:
+        req = Request(caller, "ExecuteResource", "execute_resource", resource_id=resource_id,
+                      payload_bytes=payload_size(inputs_json, attachments), call_id=call_id, timeout_s=timeout_s)
+        return await self.edge.run(req, lambda r: self.service.execute_resource(
+            caller, resource_id, inputs_json, attachments, call_id, r.timeout_s))
+
+    def execute_resource_stream(self, caller: Caller, resource_id: str, inputs_json: str = "",
+                                attachments: dict[str, bytes] | None = None, call_id: str = "",
+                                timeout_s: float | None = None) -> AsyncIterator[Event]:
+        req = Request(caller, "ExecuteResourceStream", "execute_resource", resource_id=resource_id,
+                      payload_bytes=payload_size(inputs_json), call_id=call_id, timeout_s=timeout_s)
+        return self.edge.stream(req, lambda r: self.service.execute_resource_stream(
+            caller, resource_id, inputs_json, attachments, call_id, r.timeout_s))
+
+    async def delete_resource(self, caller: Caller, resource_id: str) -> bool:
+        req = Request(caller, "DeleteResource", "delete_resource", resource_id=resource_id)
+        return await self.edge.run(req, lambda r: self.service.delete_resource(caller, resource_id, r.timeout_s))
+
+    def find_resource(self, caller: Caller, resource_id: str) -> ResourceRecord | None:
+        """The caller's resource record, None when it has none by that id (no audit: a lookup, not a call)."""
+        return self.service.registry.get(caller.tenant, resource_id)

@@ -1,0 +1,1 @@
+"""Generated gRPC code of the runtime protocol and the shared stream events (``make protos``)."""
