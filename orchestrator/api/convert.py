@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from orchestrator.calls import Reply
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.registry import ResourceRecord
+from runtimes.wire.payload import dumps
 
 
 def timeout_s(timeout_ms: int, context_remaining: float | None) -> float | None:
@@ -43,10 +43,10 @@ def describe(d: dict[str, Any]) -> pb.DescribeBridgeReply:
     return pb.DescribeBridgeReply(
         bridge=d["bridge"], framework=d["framework"], framework_version=d["framework_version"],
         commands=[pb.CommandInfo(name=c["name"], description=c["description"],
-                                 args_schema_json=json.dumps(c["schema"]).encode(), streaming=c["streaming"])
+                                 args_schema_json=dumps(c["schema"]), streaming=c["streaming"])
                   for c in d["commands"]],
         resource_types=[pb.ResourceTypeInfo(name=t["name"], description=t["description"],
-                                            config_schema_json=json.dumps(t["schema"]).encode(),
+                                            config_schema_json=dumps(t["schema"]),
                                             streaming=t["streaming"])
                         for t in d["resource_types"]],
         packages=d["packages"], runtime_version=d["runtime_version"], python_version=d["python_version"],
@@ -60,5 +60,5 @@ def stats(s: dict[str, Any]) -> pb.GetStatsReply:
                                 backend=w["backend"], image_id=w["image_id"])
                  for w in s["workers"]],
         calls_total=s["calls_total"], errors_total=s["errors_total"], uptime_ms=s["uptime_ms"],
-        resources=s["resources"], stats_json=json.dumps(s).encode(),
+        resources=s["resources"], stats_json=dumps(s),
     )

@@ -463,19 +463,33 @@ class Policy:
                 raise ConfigError(f"{where}: environment variable {source.env} is not set")
             return value
         path = Path(source.file or "")
-        try:
-            with path.open("rb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                    raise ConfigError(f"{where}: {path} is not a regular file")
-                data = handle.read(MAX_SECRET_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
-        if len(data) > MAX_SECRET_FILE_BYTES:
-            raise ConfigError(f"{where}: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+        data = read_bounded_file(path, MAX_SECRET_FILE_BYTES, f"{where}: {path}")
         try:
             return data.decode("utf-8").removesuffix("\n").removesuffix("\r")
         except UnicodeDecodeError:
             raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+
+
+def read_bounded_file(path: Path, limit: int, what: str, *, refuse_world_writable: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ``what`` names it in errors.
+
+    Raises:
+        ConfigError: unreadable, not a regular file, writable by every user (when
+            refused), or larger than ``limit``; the message says which and how to fix it.
+    """
+    try:
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{what} is not a regular file")
+            if refuse_world_writable and info.st_mode & stat.S_IWOTH:
+                raise ConfigError(f"{what} is writable by every user; run: chmod o-w {path}")
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} is larger than {limit} bytes")
+    return data
 
 
 def parse_policy(
@@ -516,20 +530,8 @@ def load_policy(
             ``file:line:column``.
     """
     source = os.fspath(path)
-    try:
-        with open(source, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError(f"policy file {source} is not a regular file")
-            if info.st_mode & stat.S_IWOTH:
-                raise ConfigError(
-                    f"policy file {source} is writable by every user; run: chmod o-w {source}"
-                )
-            data = handle.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {source}: {exc.strerror}") from None
-    if len(data) > MAX_POLICY_BYTES:
-        raise ConfigError(f"policy file {source} is larger than {MAX_POLICY_BYTES} bytes")
+    data = read_bounded_file(Path(source), MAX_POLICY_BYTES, f"policy file {source}",
+                             refuse_world_writable=True)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
