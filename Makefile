@@ -40,8 +40,9 @@ bench: install  ## the benchmarks; results go to docs/benchmarks.md
 protos:  ## regenerate committed gRPC code from the .proto files
 	$(PY) scripts/gen_protos.py
 
-lint:
+lint:  ## ruff, and mypy --strict on orchestrator/, runtimes/core and runtimes/wire
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

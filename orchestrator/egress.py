@@ -575,8 +575,8 @@ class EgressProxy:
         pumps = [asyncio.ensure_future(pump(a_reader, b_writer)), asyncio.ensure_future(pump(b_reader, a_writer))]
         dog = asyncio.ensure_future(watchdog())
         try:
-            both = asyncio.gather(*pumps)
-            await asyncio.wait({both, dog}, return_when=asyncio.FIRST_COMPLETED)
+            both: asyncio.Future[list[None]] = asyncio.gather(*pumps)
+            await asyncio.wait([both, dog], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         finally:
             for task in (*pumps, dog):
                 task.cancel()

@@ -7,6 +7,7 @@ orchestrator) dies, the next use re-creates the resource from its spec.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
@@ -110,7 +111,7 @@ class Registry:
     def total(self) -> int:
         return len(self._cache)
 
-    def on_worker(self, worker_id: str) -> list[ResourceRecord]:
+    def on_worker(self, worker_id: str) -> builtins.list[ResourceRecord]:
         return [r for r in self._cache.values() if r.worker_id == worker_id]
 
     # -- calls replayed on every worker a tenant claims later ----------------------
@@ -124,7 +125,7 @@ class Registry:
         with self._lock:
             self._db.execute("DELETE FROM replay WHERE tenant = ? AND bridge = ?", (tenant, bridge))
 
-    def replays(self, tenant: str, bridge: str) -> list[tuple[str, str]]:
+    def replays(self, tenant: str, bridge: str) -> builtins.list[tuple[str, str]]:
         with self._lock:
             return [(c, _text(a)) for c, a in self._db.execute(
                 "SELECT command, args FROM replay WHERE tenant = ? AND bridge = ? ORDER BY seq", (tenant, bridge))]

@@ -83,7 +83,7 @@ class Worker:
         if self.channel is None:
             self.connect()
         assert self.channel is not None
-        health = health_pb2_grpc.HealthStub(self.channel)
+        health: Any = health_pb2_grpc.HealthStub(self.channel)
         delay = 0.005
         while True:
             self.handle.channel.check()
@@ -120,11 +120,11 @@ class Worker:
         if self.channel is None:
             return False
         try:
-            reply = await health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            health: Any = health_pb2_grpc.HealthStub(self.channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.aio.AioRpcError:
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None) -> None:
         """Hand the worker to ``tenant`` with its secrets and proxy ``env`` (HTTPS_PROXY and the like)."""
@@ -134,7 +134,8 @@ class Worker:
 
     async def describe(self) -> rpb.DescribeReply:
         assert self.stub is not None
-        return await self.stub.Describe(rpb.DescribeRequest(), timeout=30)
+        reply: rpb.DescribeReply = await self.stub.Describe(rpb.DescribeRequest(), timeout=30)
+        return reply
 
     async def close(self) -> None:
         if self.session is not None:

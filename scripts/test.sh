@@ -14,6 +14,10 @@ else
     trap 'scripts/docker-engine.sh down' EXIT
 fi
 
+echo "== lint: ruff, mypy --strict"
+"$PY" -m ruff check .
+"$PY" -m mypy
+
 echo "== building images (cached after the first build)"
 "$PY" -m orchestrator.cli images build
 

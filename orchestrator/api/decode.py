@@ -41,9 +41,10 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _bad_string_field(desc: descriptor.Descriptor, data: bytes) -> str | None:
+def _bad_string_field(desc: Any, data: bytes) -> str | None:
     """The name of a top-level string field of ``desc`` whose bytes in ``data`` are not UTF-8, if any."""
-    strings = {f.number: f.name for f in desc.fields if f.type == descriptor.FieldDescriptor.TYPE_STRING}
+    strings: dict[int, str] = {f.number: f.name for f in desc.fields
+                               if f.type == descriptor.FieldDescriptor.TYPE_STRING}
     pos = 0
     try:
         while pos < len(data):

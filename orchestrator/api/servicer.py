@@ -39,7 +39,7 @@ def anonymous(token: str | None, source: str) -> Caller:
     return Caller(source=source)
 
 
-def _bearer(context: grpc.aio.ServicerContext) -> str | None:
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == AUTHORIZATION:
             scheme, _, token = str(value).partition(" ")
@@ -47,7 +47,7 @@ def _bearer(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-async def _abort(context: grpc.aio.ServicerContext, err: MLBridgeError) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: MLBridgeError) -> None:
     status = to_rpc_status(err)
     await context.abort(grpc_code(err), err.flat(),
                         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
@@ -59,7 +59,7 @@ def _internal(exc: BaseException) -> MLBridgeError:
     return InternalError(f"internal error (reference {ref}); see the orchestrator log")
 
 
-def _begin(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Caller:
+def _begin(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
     caller = self.authenticate(context)
     if isinstance(request, Unparseable):
         raise InvalidArgument(request.reason)
@@ -70,7 +70,7 @@ def unary(func: Callable[..., Any]) -> Callable[..., Any]:
     """Map MLBridgeError to its gRPC status; anything unknown becomes INTERNAL."""
 
     @functools.wraps(func)
-    async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await func(self, request, context, _begin(self, request, context))
         except MLBridgeError as err:
@@ -83,7 +83,7 @@ def unary(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def streaming(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
-    async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: MLBridgeServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             async for item in func(self, request, context, _begin(self, request, context)):
                 yield item
@@ -110,7 +110,7 @@ class MLBridgeServicer(pb_grpc.MLBridgeServicer):
         self.authenticator = authenticator
         self.dspex = dspex
 
-    def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+    def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         return self.authenticator(_bearer(context), context.peer() or "")
 
     @unary

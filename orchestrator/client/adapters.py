@@ -74,12 +74,12 @@ class Adapter:
 
 
 def adapter_for(client: Client, bridge: str, description: dict[str, Any]) -> Adapter:
-    for ep in metadata.entry_points(group=ADAPTER_GROUP):
-        if ep.name == bridge:
-            cls = ep.load()
-            return cls(client, bridge, description)
+    cls: type[Adapter] = Adapter
+    found = [ep for ep in metadata.entry_points(group=ADAPTER_GROUP) if ep.name == bridge]
     target = BUILTIN.get(str(description.get("bridge") or bridge))
-    if target is not None:
+    if found:
+        cls = found[0].load()
+    elif target is not None:
         module, _, name = target.partition(":")
-        return getattr(import_module(module), name)(client, bridge, description)  # type: ignore[no-any-return]
-    return Adapter(client, bridge, description)
+        cls = getattr(import_module(module), name)
+    return cls(client, bridge, description)

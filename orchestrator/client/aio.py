@@ -65,7 +65,7 @@ class AsyncMLBridge:
         req = pb.CreateResourceRequest(bridge=bridge, type=type, config_json=c.dumps(config, "config"),
                                        attachments=attachments or {}, resource_id=resource_id or "",
                                        timeout_ms=c.timeout_ms(timeout))
-        return (await self._unary(self._stub.CreateResource, req, timeout)).resource_id
+        return str((await self._unary(self._stub.CreateResource, req, timeout)).resource_id)
 
     async def execute_resource(self, resource_id: str, inputs: dict[str, Any] | None = None, *,
                                attachments: dict[str, bytes] | None = None, call_id: str | None = None,
@@ -87,7 +87,8 @@ class AsyncMLBridge:
         return [c.resource_dict(r) for r in reply.resources]
 
     async def delete_resource(self, resource_id: str) -> bool:
-        return (await self._unary(self._stub.DeleteResource, pb.DeleteResourceRequest(resource_id=resource_id))).deleted
+        return bool((await self._unary(self._stub.DeleteResource,
+                                       pb.DeleteResourceRequest(resource_id=resource_id))).deleted)
 
     async def call(self, bridge: str, command: str, args: dict[str, Any] | None = None, *,
                    attachments: dict[str, bytes] | None = None, call_id: str | None = None,
@@ -104,7 +105,7 @@ class AsyncMLBridge:
         return self._stream(self._stub.CallStream, req, timeout)
 
     async def cancel(self, call_id: str) -> bool:
-        return (await self._unary(self._stub.Cancel, pb.CancelRequest(call_id=call_id))).found
+        return bool((await self._unary(self._stub.Cancel, pb.CancelRequest(call_id=call_id))).found)
 
     async def stats(self) -> dict[str, Any]:
         return c.stats_dict(await self._unary(self._stub.GetStats, pb.GetStatsRequest()))

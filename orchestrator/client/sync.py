@@ -96,7 +96,7 @@ class MLBridge:
         req = pb.CreateResourceRequest(bridge=bridge, type=type, config_json=c.dumps(config, "config"),
                                        attachments=attachments or {}, resource_id=resource_id or "",
                                        timeout_ms=c.timeout_ms(timeout))
-        return self._unary(self._stub.CreateResource, req, timeout).resource_id
+        return str(self._unary(self._stub.CreateResource, req, timeout).resource_id)
 
     def execute_resource(self, resource_id: str, inputs: dict[str, Any] | None = None, **kw: Any) -> Any:
         """Run a resource; returns its JSON result."""
@@ -122,7 +122,7 @@ class MLBridge:
         return [c.resource_dict(r) for r in reply.resources]
 
     def delete_resource(self, resource_id: str) -> bool:
-        return self._unary(self._stub.DeleteResource, pb.DeleteResourceRequest(resource_id=resource_id)).deleted
+        return bool(self._unary(self._stub.DeleteResource, pb.DeleteResourceRequest(resource_id=resource_id)).deleted)
 
     # -- commands --------------------------------------------------------------
     def call(self, bridge: str, command: str, args: dict[str, Any] | None = None, **kw: Any) -> Any:
@@ -146,7 +146,7 @@ class MLBridge:
 
     def cancel(self, call_id: str) -> bool:
         """Cancel a running call by the id it was started with."""
-        return self._unary(self._stub.Cancel, pb.CancelRequest(call_id=call_id)).found
+        return bool(self._unary(self._stub.Cancel, pb.CancelRequest(call_id=call_id)).found)
 
     def stats(self) -> dict[str, Any]:
         return c.stats_dict(self._unary(self._stub.GetStats, pb.GetStatsRequest()))

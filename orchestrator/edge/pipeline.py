@@ -38,9 +38,9 @@ class Edge:
         entered = await self._enter(req)
         outcome = Outcome()
         try:
-            outcome.result = await op(req)
-            outcome.ok = True
-            return outcome.result
+            result = await op(req)
+            outcome.result, outcome.ok = result, True
+            return result
         except MLBridgeError as err:
             outcome.error = err
             raise

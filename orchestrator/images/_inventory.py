@@ -63,7 +63,7 @@ def list_images(client: docker.DockerClient | None = None) -> list[ImageInfo]:
                 continue
             rows[tag] = ImageInfo(
                 tag=tag,
-                image_id=image.id,
+                image_id=image.id or "",
                 bridge=labels.get(f"{LABEL_PREFIX}bridge", bridge_of(tag)),
                 framework=labels.get(f"{LABEL_PREFIX}framework", ""),
                 framework_version=labels.get(f"{LABEL_PREFIX}framework-version", ""),

@@ -223,8 +223,7 @@ def _mmdebstrap_import(client: docker.DockerClient, sources: list[Path], recipe:
             )
         except docker.errors.DockerException as exc:
             raise ConfigError(f"docker import of the root filesystem failed: {exc}") from exc
-    image_id: str = client.images.get(ROOTFS_TAG).id
-    return image_id
+    return _id(client.images.get(ROOTFS_TAG).id, ROOTFS_TAG)
 
 
 def _from_registry(
@@ -254,18 +253,19 @@ def _from_registry(
         progress(f"rootfs: cached {REGISTRY_ROOTFS_TAG} from {base} ({existing[:19]})")
         return RootfsImage(REGISTRY_ROOTFS_TAG, existing, cached=True)
     progress(f"rootfs: preparing {REGISTRY_ROOTFS_TAG} from {base}")
-    facts = probe_image(client, source.id)
+    source_id = _id(source.id, base)
+    facts = probe_image(client, source_id)
     facts.check_python(base)
     deb_list = "".join(f"{d.name}\t{d.version}\t{d.arch}\n" for d in facts.deb_packages)
     try:
         image, _ = client.images.build(
             fileobj=io.BytesIO(_REGISTRY_DOCKERFILE.encode()),
             tag=REGISTRY_ROOTFS_TAG,
-            buildargs={"BASE": source.id},
+            buildargs={"BASE": source_id},
             labels={
                 f"{LABEL_PREFIX}bridge": "rootfs",
                 f"{LABEL_PREFIX}framework": base,
-                f"{LABEL_PREFIX}framework-version": source.id[:19],
+                f"{LABEL_PREFIX}framework-version": source_id[:19],
                 f"{LABEL_PREFIX}python-version": facts.python_version,
                 f"{LABEL_PREFIX}lock-sha256": hashlib.sha256(deb_list.encode()).hexdigest(),
                 f"{LABEL_PREFIX}version": IMAGE_VERSION,
@@ -279,4 +279,11 @@ def _from_registry(
         )
     except docker.errors.DockerException as exc:
         raise ConfigError(f"preparing {base} as the root filesystem failed: {exc}") from exc
-    return RootfsImage(REGISTRY_ROOTFS_TAG, image.id, cached=False)
+    return RootfsImage(REGISTRY_ROOTFS_TAG, _id(image.id, REGISTRY_ROOTFS_TAG), cached=False)
+
+
+def _id(image_id: str | None, what: str) -> str:
+    """An image's id, which the engine always reports for an image it has."""
+    if not image_id:
+        raise ConfigError(f"the Docker engine reported no id for image {what}")
+    return image_id

@@ -82,10 +82,10 @@ class CommonCommands:
         res = cls(bridge, rid, args)
         info = res.create(ctx)
         bridge.resources.add(res)
-        out = {"resource_id": rid, "type": cls.type_name, "info": res.info()}
+        summary = res.info()
         if isinstance(info, dict):
-            out["info"] = {**out["info"], **info}
-        return out
+            summary = {**summary, **info}
+        return {"resource_id": rid, "type": cls.type_name, "info": summary}
 
     @command("execute_resource", description="Run a resource with inputs (inputs in args)")
     def execute_resource(self, ctx: CallContext, args: dict[str, Any]) -> Any:

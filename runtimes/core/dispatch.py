@@ -89,6 +89,7 @@ class Dispatcher:
                 f"command {command!r} is not of the form 'namespace:operation' "
                 f"(namespaces here: common, {self.bridge.name})"
             )
+        owner: object
         if ns == "common":
             table, owner = self.common.commands, self.common
         elif ns == self.bridge.name:

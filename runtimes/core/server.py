@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -59,7 +60,7 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.d = dispatcher
 
-    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.DescribeReply:
+    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DescribeReply:
         info = self.d.describe()
         return pb.DescribeReply(
             bridge=info["bridge"],
@@ -81,12 +82,13 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             required_secrets=info["required_secrets"],
         )
 
-    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
+    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CallReply:
         fields = _ctx_fields(request)
         ctx = self.d.make_context(**fields)
         return _reply(fields["call_id"], await self.d.run(ctx, request.args_json))
 
-    async def CallStream(self, request: pb.CallRequest, context: grpc.aio.ServicerContext):  # type: ignore[override]
+    async def CallStream(self, request: pb.CallRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.StreamEvent]:
         fields = _ctx_fields(request)
         cid = fields["call_id"]
         async for kind, payload in self.d.stream(fields, request.args_json):
@@ -105,7 +107,8 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             else:
                 yield pb.StreamEvent(call_id=cid, final=_reply(cid, payload))
 
-    async def Session(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+    async def Session(self, request_iterator: AsyncIterator[pb.CallRequest],
+                      context: grpc.aio.ServicerContext[Any, Any]) -> None:
         write_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -128,10 +131,10 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             for task in tasks:
                 task.cancel()
 
-    async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
+    async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CancelReply:
         return pb.CancelReply(found=self.d.cancel(request.call_id))
 
-    async def Configure(self, request: pb.ConfigureRequest, context: grpc.aio.ServicerContext) -> pb.ConfigureReply:
+    async def Configure(self, request: pb.ConfigureRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ConfigureReply:
         try:
             self.d.configure(request.tenant, dict(request.secrets), dict(request.env))
         except MLBridgeError as err:

@@ -63,7 +63,8 @@ class Engine:
         """The id of image ``ref``; None when the engine has no such image."""
         with translated(f"inspect image {ref}"):
             try:
-                return str(self.api.inspect_image(ref)["Id"])
+                info: dict[str, Any] = self.api.inspect_image(ref)  # type: ignore[no-untyped-call]
+                return str(info["Id"])
             except derr.ImageNotFound:
                 return None
 
