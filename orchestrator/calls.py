@@ -22,6 +22,7 @@ from runtimes.wire.errors import (
     AlreadyExists,
     Cancelled,
     DeadlineExceeded,
+    InvalidArgument,
     MLBridgeError,
     OutOfMemory,
     PayloadTooLarge,
@@ -30,6 +31,7 @@ from runtimes.wire.errors import (
 )
 from runtimes.wire.metadata import CREATED_RESOURCES
 from runtimes.wire.payload import loads_lenient
+from runtimes.wire.proto import events_pb2 as events
 from runtimes.wire.proto import runtime_pb2 as rpb
 
 from .pool import Pool
@@ -54,6 +56,7 @@ class InFlight:
     tenant: str
     worker: Worker
     pool: Pool
+    command: str
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     killed_for: str = ""  # "cancel" or "deadline" when we killed the worker
@@ -71,7 +74,7 @@ class CallRunner:
             raise AlreadyExists(f"call id {req.call_id!r} is already in flight")
         req.tenant = tenant
         req.deadline_unix_ms = int((time.time() + timeout) * 1000)
-        fl = InFlight(req.call_id, tenant, worker, pool)
+        fl = InFlight(req.call_id, tenant, worker, pool, req.command)
         self.inflight[req.call_id] = fl
         worker.in_flight += 1
         worker.calls += 1
@@ -106,7 +109,7 @@ class CallRunner:
 
     async def stream(self, tenant: str, pool: Pool, worker: Worker, req: rpb.CallRequest,
                      timeout: float) -> AsyncIterator[tuple[str, Any]]:
-        """Yield ("chunk", bytes), ("progress", (step, total, msg)), then ("final", Reply)."""
+        """Yield ("chunk", text), ("progress", (step, total, msg)), ("request", (id, kind, data)), then ("final", Reply)."""
         fl = self._begin(req, tenant, pool, worker, timeout)
         assert worker.stub is not None
         call = worker.stub.CallStream(req, timeout=timeout + pool.cfg.cancel_grace_s)
@@ -118,6 +121,8 @@ class CallRunner:
                     yield "chunk", ev.chunk.data_json
                 elif kind == "progress":
                     yield "progress", (ev.progress.step, ev.progress.total, ev.progress.message)
+                elif kind == "request":
+                    yield "request", (ev.request.request_id, ev.request.kind, ev.request.data_json)
                 elif kind == "final":
                     finished = True
                     if not ev.final.ok:
@@ -134,6 +139,30 @@ class CallRunner:
             if not finished:  # the client went away mid-stream
                 call.cancel()
             self._end(fl)
+
+    # -- answers -----------------------------------------------------------------
+    def call_of(self, tenant: str, call_id: str) -> InFlight | None:
+        """The tenant's call in flight by that id; other tenants' calls look absent."""
+        fl = self.inflight.get(call_id)
+        return fl if fl is not None and fl.tenant == tenant else None
+
+    async def answer(self, tenant: str, call_id: str, request_id: str, result_json: str, error: str) -> bool:
+        """Hand the client's answer to a request of one of its calls in flight; False when none waits.
+
+        Raises:
+            InvalidArgument: the runtime found the answer malformed (not JSON).
+        """
+        fl = self.call_of(tenant, call_id)
+        if fl is None or fl.worker.stub is None:
+            return False
+        try:
+            reply = await fl.worker.stub.Answer(events.AnswerRequest(
+                call_id=call_id, request_id=request_id, result_json=result_json, error=error), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(exc.details() or "malformed answer") from None
+            return False
+        return bool(reply.found)
 
     # -- cancellation -----------------------------------------------------------
     async def cancel(self, tenant: str, call_id: str) -> bool:

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS resources (
     config BLOB NOT NULL,
     created_ms INTEGER NOT NULL,
     info BLOB NOT NULL DEFAULT x'',
+    state BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (tenant, resource_id)
 );
 CREATE TABLE IF NOT EXISTS replay (
@@ -49,6 +50,7 @@ class ResourceRecord:
     created_ms: int
     info: str = ""
     worker_id: str = ""  # in memory only
+    state: str = ""  # the resource's last snapshot (JSON), "" for none
 
 
 def _text(value: str | bytes) -> str:
@@ -67,13 +69,17 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(resources)")}
+        if "state" not in columns:  # a database from before resources had kept state
+            self._db.execute("ALTER TABLE resources ADD COLUMN state BLOB NOT NULL DEFAULT x''")
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], ResourceRecord] = {}
         for row in self._db.execute(
-            "SELECT tenant, resource_id, bridge, type, config, created_ms, info FROM resources"
+            "SELECT tenant, resource_id, bridge, type, config, created_ms, info, state FROM resources"
         ):
-            tenant, rid, bridge, type_, config, created_ms, info = row
-            rec = ResourceRecord(tenant, rid, bridge, type_, _text(config), created_ms, _text(info))
+            tenant, rid, bridge, type_, config, created_ms, info, state = row
+            rec = ResourceRecord(tenant, rid, bridge, type_, _text(config), created_ms, _text(info),
+                                 state=_text(state))
             self._cache[(rec.tenant, rec.resource_id)] = rec
 
     def add(self, tenant: str, resource_id: str, bridge: str, type_: str, config: str,
@@ -81,7 +87,8 @@ class Registry:
         rec = ResourceRecord(tenant, resource_id, bridge, type_, config, int(time.time() * 1000), info, worker_id)
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO resources (tenant, resource_id, bridge, type, config, created_ms, info) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (tenant, resource_id, bridge, type_, config, rec.created_ms, info),
             )
             self._cache[(tenant, resource_id)] = rec
@@ -92,6 +99,17 @@ class Registry:
 
     def exists(self, tenant: str, resource_id: str) -> bool:
         return (tenant, resource_id) in self._cache
+
+    def set_state(self, tenant: str, resource_id: str, state: str) -> bool:
+        """Keep a resource's latest snapshot (JSON), durably; False when there is no such resource."""
+        with self._lock:
+            rec = self._cache.get((tenant, resource_id))
+            if rec is None:
+                return False
+            self._db.execute("UPDATE resources SET state = ? WHERE tenant = ? AND resource_id = ?",
+                             (state, tenant, resource_id))
+            rec.state = state
+            return True
 
     def remove(self, tenant: str, resource_id: str) -> bool:
         with self._lock:

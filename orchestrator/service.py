@@ -295,6 +295,16 @@ class Orchestrator:
     async def cancel(self, caller: Caller, call_id: str) -> bool:
         return await self.runner.cancel(caller.tenant, call_id)
 
+    def call_info(self, caller: Caller, call_id: str) -> tuple[str, str] | None:
+        """(bridge, command) of the caller's call in flight by that id; None when it has none."""
+        fl = self.runner.call_of(caller.tenant, call_id)
+        return (fl.pool.name, fl.command) if fl is not None else None
+
+    async def answer(self, caller: Caller, call_id: str, request_id: str, result_json: str = "",
+                     error: str = "") -> bool:
+        """Hand the client's answer to a request its streaming call sent; False when nothing waits for it."""
+        return await self.runner.answer(caller.tenant, call_id, request_id, result_json, error)
+
     def _note_effects(self, caller: Caller, pool: Pool, command: str, args_json: str, reply: Reply) -> None:
         """Record what a reply's metadata asks for: replayable calls, resources made or dropped."""
         md = reply.metadata
@@ -306,7 +316,7 @@ class Orchestrator:
         for rid in gone if isinstance(gone, list) else []:
             if isinstance(rid, str):
                 self.registry.remove(caller.tenant, rid)
-        self._adopt_created(caller, pool, reply)
+        self._note_resources(caller, pool, reply)
 
     # -- resources ----------------------------------------------------------------------
     async def create_resource(self, caller: Caller, bridge: str, type_: str, config_json: str = "",
@@ -329,9 +339,10 @@ class Orchestrator:
 
     async def _create_on(self, caller: Caller, pool: Pool, worker: Worker, rid: str, type_: str,
                          config_json: str, attachments: dict[str, bytes] | None, call_id: str,
-                         timeout_s: float | None) -> Reply:
+                         timeout_s: float | None, state: str = "") -> Reply:
         req = self._request("common:create_resource", config_json, attachments, call_id, resource_id=rid,
                             resource_type=type_)
+        req.resource_state_json = state
         return await self._counted(self.runner.unary(caller.tenant, pool, worker, req, self._timeout(pool, timeout_s)))
 
     async def _holder(self, caller: Caller, rec: ResourceRecord, timeout_s: float | None) -> tuple[Pool, Worker]:
@@ -348,7 +359,8 @@ class Orchestrator:
         for r in lost:
             log.info("re-creating resource %s on worker %s from its spec", r.resource_id, worker.id)
             try:
-                await self._create_on(caller, pool, worker, r.resource_id, r.type, r.config, None, "", timeout_s)
+                await self._create_on(caller, pool, worker, r.resource_id, r.type, r.config, None, "", timeout_s,
+                                      state=r.state)
             except MLBridgeError as exc:
                 if r is rec:
                     raise
@@ -364,7 +376,7 @@ class Orchestrator:
         pool, worker = await self._holder(caller, rec, timeout_s)
         req = self._request("common:execute_resource", inputs_json, attachments, call_id, resource=rec)
         reply = await self._counted(self.runner.unary(caller.tenant, pool, worker, req, self._timeout(pool, timeout_s)))
-        self._adopt_created(caller, pool, reply)
+        self._note_resources(caller, pool, reply)
         return reply
 
     async def execute_resource_stream(self, caller: Caller, resource_id: str, inputs_json: str = "",
@@ -376,15 +388,24 @@ class Orchestrator:
         async for kind, payload in self._counted_stream(self.runner.stream(
                 caller.tenant, pool, worker, req, self._timeout(pool, timeout_s))):
             if kind == "final":
-                self._adopt_created(caller, pool, payload)
+                self._note_resources(caller, pool, payload)
             yield kind, payload
 
-    def _adopt_created(self, caller: Caller, pool: Pool, reply: Reply) -> None:
+    def _note_resources(self, caller: Caller, pool: Pool, reply: Reply) -> None:
+        """Record resources a handler created, and keep the states of those a call changed."""
+        if not reply.metadata:
+            return
         for item in created_resources(reply):
             rid = item["resource_id"]
             if _ID.match(rid) and not self.registry.exists(caller.tenant, rid):
                 self.registry.add(caller.tenant, rid, pool.name, str(item.get("type", "")),
                                   dumps(item.get("config", {})), dumps(item.get("info", {})), reply.worker_id)
+        states = loads_lenient(reply.metadata.get(meta.RESOURCE_STATES, ""), {})
+        for rid, state in (states.items() if isinstance(states, dict) else ()):
+            # Only a resource of this tenant on this bridge: a worker cannot write another's state.
+            rec = self.registry.get(caller.tenant, rid)
+            if rec is not None and rec.bridge == pool.name:
+                self.registry.set_state(caller.tenant, rid, dumps(state))
 
     def list_resources(self, caller: Caller, bridge: str = "", type_: str = "") -> list[ResourceRecord]:
         if bridge:

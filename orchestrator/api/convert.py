@@ -27,6 +27,10 @@ def stream_event(call_id: str, kind: str, payload: Any) -> pb.StreamEvent:
     if kind == "progress":
         step, total, message = payload
         return pb.StreamEvent(call_id=call_id, progress=pb.Progress(step=step, total=total, message=message))
+    if kind == "request":
+        request_id, what, data = payload
+        return pb.StreamEvent(call_id=call_id, request=pb.ClientRequest(request_id=request_id, kind=what,
+                                                                        data_json=data))
     return pb.StreamEvent(call_id=call_id, final=call_reply(payload))
 
 

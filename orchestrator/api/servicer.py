@@ -177,5 +177,10 @@ class MLBridgeServicer(pb_grpc.MLBridgeServicer):
         return pb.CancelReply(found=await self.gateway.cancel(caller, request.call_id))
 
     @unary
+    async def Answer(self, request: pb.AnswerRequest, context: Any, caller: Caller) -> pb.AnswerReply:
+        return pb.AnswerReply(found=await self.gateway.answer(caller, request.call_id, request.request_id,
+                                                              request.result_json, request.error))
+
+    @unary
     async def GetStats(self, request: pb.GetStatsRequest, context: Any, caller: Caller) -> pb.GetStatsReply:
         return convert.stats(self.gateway.stats(caller))

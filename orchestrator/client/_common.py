@@ -35,7 +35,12 @@ class CallResult:
 
 @dataclass
 class Event:
-    """One event of a stream: ``kind`` is "chunk", "progress" or "result"."""
+    """One event of a stream: ``kind`` is "chunk", "progress", "request" or "result".
+
+    A "request" is a question the running call puts to the client (a client
+    tool to run): ``data`` is ``{"request_id", "kind", "data"}``; answer it with
+    ``answer(call_id, request_id, result=...)`` while the stream goes on.
+    """
 
     kind: str
     call_id: str
@@ -106,6 +111,21 @@ def loads(data: str) -> Any:
     return json.loads(data) if data else None
 
 
+def answer_request(call_id: str, request_id: str, result: Any, error: str | None) -> pb.AnswerRequest:
+    """The answer to a request event: ``result`` as JSON, or ``error`` (a message) when it could not be answered.
+
+    Raises:
+        InvalidArgument: ``result`` is not JSON-serialisable.
+    """
+    if error:
+        return pb.AnswerRequest(call_id=call_id, request_id=request_id, error=str(error))
+    try:
+        text = _dumps(result)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"the answer to request {request_id} is {exc}") from None
+    return pb.AnswerRequest(call_id=call_id, request_id=request_id, result_json=text)
+
+
 def call_id(given: str | None) -> str:
     return given or uuid.uuid4().hex
 
@@ -143,6 +163,9 @@ def event(ev: pb.StreamEvent) -> Event:
     if kind == "progress":
         p = ev.progress
         return Event("progress", ev.call_id, None, p.step, p.total, p.message)
+    if kind == "request":
+        r = ev.request
+        return Event("request", ev.call_id, {"request_id": r.request_id, "kind": r.kind, "data": loads(r.data_json)})
     f = ev.final
     return Event("result", ev.call_id, loads(f.result_json), attachments=dict(f.attachments),
                  metadata=dict(f.metadata))

@@ -107,5 +107,10 @@ class AsyncMLBridge:
     async def cancel(self, call_id: str) -> bool:
         return bool((await self._unary(self._stub.Cancel, pb.CancelRequest(call_id=call_id))).found)
 
+    async def answer(self, call_id: str, request_id: str, result: Any = None, *, error: str | None = None) -> bool:
+        """Answer a ``request`` event of a streaming call; whether the call was still waiting for it."""
+        req = c.answer_request(call_id, request_id, result, error)
+        return bool((await self._unary(self._stub.Answer, req)).found)
+
     async def stats(self) -> dict[str, Any]:
         return c.stats_dict(await self._unary(self._stub.GetStats, pb.GetStatsRequest()))

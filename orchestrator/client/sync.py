@@ -148,5 +148,14 @@ class MLBridge:
         """Cancel a running call by the id it was started with."""
         return bool(self._unary(self._stub.Cancel, pb.CancelRequest(call_id=call_id)).found)
 
+    def answer(self, call_id: str, request_id: str, result: Any = None, *, error: str | None = None) -> bool:
+        """Answer a ``request`` event of a streaming call (``error``: why it cannot be answered).
+
+        Returns:
+            Whether the call was still waiting for that answer.
+        """
+        req = c.answer_request(call_id, request_id, result, error)
+        return bool(self._unary(self._stub.Answer, req).found)
+
     def stats(self) -> dict[str, Any]:
         return c.stats_dict(self._unary(self._stub.GetStats, pb.GetStatsRequest()))

@@ -99,6 +99,18 @@ class Gateway:
         req = Request(caller, "Cancel", "cancel", call_id=call_id)
         return await self.edge.run(req, lambda r: self.service.cancel(caller, call_id))
 
+    async def answer(self, caller: Caller, call_id: str, request_id: str, result_json: str = "",
+                     error: str = "") -> bool:
+        """The caller's answer to a request of one of its streaming calls: part of that call, authorised as it."""
+        info = self.service.call_info(caller, call_id)
+        if info is None:
+            return False  # no such call of this caller: another tenant's looks the same
+        bridge, command = info
+        req = Request(caller, "Answer", "call", bridge=bridge, command=command,
+                      payload_bytes=payload_size(result_json) + payload_size(error), call_id=call_id)
+        return await self.edge.run(req, lambda r: self.service.answer(caller, call_id, request_id, result_json,
+                                                                       error))
+
     # -- resources ------------------------------------------------------------------------
     async def create_resource(self, caller: Caller, bridge: str, type_: str, config_json: str = "",
                               attachments: dict[str, bytes] | None = None, resource_id: str = "",

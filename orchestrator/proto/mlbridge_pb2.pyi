@@ -6,6 +6,9 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 from runtimes.wire.proto.events_pb2 import Chunk as Chunk
 from runtimes.wire.proto.events_pb2 import Progress as Progress
+from runtimes.wire.proto.events_pb2 import ClientRequest as ClientRequest
+from runtimes.wire.proto.events_pb2 import AnswerRequest as AnswerRequest
+from runtimes.wire.proto.events_pb2 import AnswerReply as AnswerReply
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -240,16 +243,18 @@ class CallReply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., result_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
-    __slots__ = ("call_id", "chunk", "progress", "final")
+    __slots__ = ("call_id", "chunk", "progress", "final", "request")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     chunk: _events_pb2.Chunk
     progress: _events_pb2.Progress
     final: CallReply
-    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_events_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_events_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
+    request: _events_pb2.ClientRequest
+    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_events_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_events_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ..., request: _Optional[_Union[_events_pb2.ClientRequest, _Mapping]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("call_id",)

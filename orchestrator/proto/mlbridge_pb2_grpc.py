@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from orchestrator.proto import mlbridge_pb2 as orchestrator_dot_proto_dot_mlbridge__pb2
+from runtimes.wire.proto import events_pb2 as runtimes_dot_wire_dot_proto_dot_events__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -84,6 +85,11 @@ class MLBridgeStub:
                 request_serializer=orchestrator_dot_proto_dot_mlbridge__pb2.CancelRequest.SerializeToString,
                 response_deserializer=orchestrator_dot_proto_dot_mlbridge__pb2.CancelReply.FromString,
                 _registered_method=True)
+        self.Answer = channel.unary_unary(
+                '/mlbridge.v1.MLBridge/Answer',
+                request_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/mlbridge.v1.MLBridge/GetStats',
                 request_serializer=orchestrator_dot_proto_dot_mlbridge__pb2.GetStatsRequest.SerializeToString,
@@ -155,6 +161,13 @@ class MLBridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Answer(self, request, context):
+        """Answers a ClientRequest that a streaming call of the caller sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -213,6 +226,11 @@ def add_MLBridgeServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=orchestrator_dot_proto_dot_mlbridge__pb2.CancelRequest.FromString,
                     response_serializer=orchestrator_dot_proto_dot_mlbridge__pb2.CancelReply.SerializeToString,
+            ),
+            'Answer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Answer,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -490,6 +508,33 @@ class MLBridge:
             '/mlbridge.v1.MLBridge/Cancel',
             orchestrator_dot_proto_dot_mlbridge__pb2.CancelRequest.SerializeToString,
             orchestrator_dot_proto_dot_mlbridge__pb2.CancelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Answer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbridge.v1.MLBridge/Answer',
+            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,6 +111,25 @@ class Resource:
         """A JSON-serialisable summary shown by list/get (never secrets)."""
         return {}
 
+    def snapshot(self) -> Any:
+        """State the orchestrator should keep (JSON), or None for none.
+
+        A resource whose class overrides this has its snapshot sent to the
+        orchestrator after every ``execute`` (and after any call that names it
+        with :meth:`CallContext.save_state`); the orchestrator stores it with
+        the resource's spec before the reply goes out, and hands it to
+        :meth:`restore` when the resource is re-created on another worker.
+        """
+        return None
+
+    def restore(self, ctx: CallContext, state: Any) -> None:
+        """Take back the state :meth:`snapshot` gave, after ``create`` on a re-created resource."""
+
+    @classmethod
+    def keeps_state(cls) -> bool:
+        """Whether this type's snapshots are kept by the orchestrator (it overrides :meth:`snapshot`)."""
+        return cls.snapshot is not Resource.snapshot
+
 
 class Bridge:
     """Base class of every bridge.

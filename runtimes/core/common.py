@@ -7,6 +7,7 @@ import time
 from typing import Any, Protocol
 
 from ..wire.errors import AlreadyExists, InvalidArgument
+from ..wire.payload import loads_strict as parse_json
 from .bridge import Bridge, Resource, command
 from .context import CallContext
 from .jsonio import check_schema
@@ -81,6 +82,8 @@ class CommonCommands:
         check_schema(args, cls.config_schema, f"config of {ctx.resource_type!r}")
         res = cls(bridge, rid, args)
         info = res.create(ctx)
+        if ctx.resource_state_json:
+            res.restore(ctx, parse_json(ctx.resource_state_json, f"saved state of {rid!r}"))
         bridge.resources.add(res)
         summary = res.info()
         if isinstance(info, dict):
@@ -89,7 +92,10 @@ class CommonCommands:
 
     @command("execute_resource", description="Run a resource with inputs (inputs in args)")
     def execute_resource(self, ctx: CallContext, args: dict[str, Any]) -> Any:
-        return self.d.bridge.resources.get(ctx.resource_id).execute(ctx, args)
+        res = self.d.bridge.resources.get(ctx.resource_id)
+        if res.keeps_state():
+            ctx.save_state(res)
+        return res.execute(ctx, args)
 
     @command("delete_resource", description="Delete a resource and release what it holds")
     def delete_resource(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,18 @@
-"""Per-call context handed to every handler: cancellation, deadline, progress."""
+"""Per-call context handed to every handler: cancellation, deadline, progress, client requests."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..wire.errors import Cancelled, DeadlineExceeded
+from ..wire.errors import Cancelled, DeadlineExceeded, InvalidArgument
+from .asks import Requests
+
+if TYPE_CHECKING:
+    from .store import Stored
 
 Emit = Callable[[str, Any], None]
 
@@ -33,6 +38,9 @@ class CallContext:
         "deadline",
         "secrets",
         "max_reply_bytes",
+        "resource_state_json",
+        "requests",
+        "changed",
         "_cancelled",
         "_emit",
     )
@@ -50,6 +58,7 @@ class CallContext:
         secrets: Mapping[str, str] | None = None,
         emit: Emit | None = None,
         max_reply_bytes: int | None = None,
+        resource_state_json: str = "",
     ) -> None:
         self.call_id = call_id
         self.command = command
@@ -66,6 +75,12 @@ class CallContext:
         self.secrets: Mapping[str, str] = secrets or {}
         #: The largest JSON result (or chunk) the reply can carry, in UTF-8 bytes; None: no cap known.
         self.max_reply_bytes = max_reply_bytes
+        #: create_resource only: the state the orchestrator kept of the resource being re-created.
+        self.resource_state_json = resource_state_json
+        #: Requests of this call waiting for the client's answer (:meth:`ask`).
+        self.requests = Requests()
+        #: Resources whose state changed in this call (:meth:`save_state`), by id.
+        self.changed: dict[str, Stored] = {}
         self._cancelled = threading.Event()
         self._emit = emit
 
@@ -115,3 +130,55 @@ class CallContext:
     @property
     def streaming(self) -> bool:
         return self._emit is not None
+
+    # -- the client ---------------------------------------------------------
+    def _send_request(self, kind: str, data: Any, loop: asyncio.AbstractEventLoop | None) -> tuple[str, Any]:
+        if self._emit is None:
+            raise InvalidArgument(f"a {kind} request needs a streaming call (CallStream or ExecuteResourceStream): "
+                                  f"only a stream can carry it to the client")
+        request_id, pending = self.requests.open(kind, loop)
+        self._emit("request", {"request_id": request_id, "kind": kind, "data": data})
+        return request_id, pending
+
+    def ask(self, kind: str, data: Any, timeout: float | None = None) -> Any:
+        """Ask the client (a thread handler): send a ``request`` event, wait for its answer.
+
+        Args:
+            kind: what is asked, e.g. ``"tool_call"``.
+            data: what the client needs to answer (JSON).
+            timeout: seconds to wait at most; the call's deadline applies anyway.
+
+        Raises:
+            InvalidArgument: not a streaming call.
+            ClientAnswerError: the client answered with an error.
+            DeadlineExceeded: no answer in ``timeout`` or before the deadline.
+            Cancelled: the call was cancelled meanwhile.
+        """
+        request_id, pending = self._send_request(kind, data, None)
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not pending.done.wait(0.02):
+                self.check()
+                if end is not None and time.monotonic() >= end:
+                    raise DeadlineExceeded(f"the client did not answer the {kind} request within {timeout:g}s")
+            return pending.outcome()
+        finally:
+            self.requests.close(request_id)
+
+    async def ask_async(self, kind: str, data: Any, timeout: float | None = None) -> Any:
+        """:meth:`ask` for ``async`` handlers: awaits the answer on the event loop."""
+        request_id, pending = self._send_request(kind, data, asyncio.get_running_loop())
+        try:
+            assert pending.future is not None
+            try:
+                await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(f"the client did not answer the {kind} request within {timeout:g}s") from None
+            return pending.outcome()
+        finally:
+            self.requests.close(request_id)
+
+    # -- state the orchestrator keeps ------------------------------------------
+    def save_state(self, resource: Stored) -> None:
+        """Have the orchestrator store ``resource.snapshot()`` after this call, before its reply goes out."""
+        self.changed[resource.resource_id] = resource

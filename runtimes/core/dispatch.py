@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import sys
 import threading
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..wire import metadata as meta
 from ..wire.caps import payload_cap
 from ..wire.errors import (
     Cancelled,
@@ -34,6 +36,8 @@ from . import common
 from .bridge import Bridge, CommandSpec, dist_version
 from .context import CallContext
 from .jsonio import check_schema
+
+log = logging.getLogger("mlbridge.runtime")
 
 # How long a cancelled or timed-out handler gets to stop before the runtime
 # reports it as stuck (the orchestrator then replaces the whole worker).
@@ -227,9 +231,46 @@ class Dispatcher:
                     self.stuck_calls[ctx.call_id] = run
         finally:
             self.running.pop(ctx.call_id, None)
+        if ctx.changed:
+            self._attach_states(ctx, out)
         out.attachments = ctx.reply_attachments
         out.metadata = ctx.metadata
         return out
+
+    def _attach_states(self, ctx: CallContext, out: Outcome) -> None:
+        """Put the snapshots of the resources this call changed in the reply, for the orchestrator to keep.
+
+        Also after a failed call: the worker's resources are as the call left
+        them, and a re-created resource must come back the same.
+        """
+        states: dict[str, Any] = {}
+        for rid, res in ctx.changed.items():
+            try:
+                state = res.snapshot()
+            except Exception as exc:  # noqa: BLE001 - a broken hook must not cost the reply
+                log.warning("snapshot of resource %s failed: %s", rid, exc)
+                continue
+            if state is not None:
+                states[rid] = state
+        if not states:
+            return
+        try:
+            ctx.metadata[meta.RESOURCE_STATES] = encode_capped(states, self.max_reply_bytes // 2,
+                                                               "the state of the resources this call changed")
+        except MLBridgeError as err:
+            # The worker holds a state the orchestrator could not keep: say so rather than lose it silently.
+            log.warning("%s", err.message)
+            if out.error is None:
+                out.error, out.result = err, ""
+
+    def answer(self, call_id: str, request_id: str, result_json: str, error: str) -> bool:
+        """The client's answer to a request of a running call; False when no such call or request waits.
+
+        Raises:
+            InvalidArgument: the answer is not valid JSON.
+        """
+        run = self.running.get(call_id)
+        return run is not None and run.ctx.requests.deliver(request_id, result_json, error)
 
     async def _invoke(self, spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
                       run: Running) -> Any:

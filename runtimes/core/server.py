@@ -53,6 +53,7 @@ def _ctx_fields(req: pb.CallRequest) -> dict[str, Any]:
         "resource_type": req.resource_type,
         "attachments": dict(req.attachments),
         "deadline_unix_ms": req.deadline_unix_ms,
+        "resource_state_json": req.resource_state_json,
     }
 
 
@@ -100,6 +101,15 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
                     yield pb.StreamEvent(call_id=cid, final=_reply(cid, Outcome(error=err)))
                     return
                 yield pb.StreamEvent(call_id=cid, chunk=events.Chunk(data_json=data))
+            elif kind == "request":
+                try:
+                    data = encode_capped(payload["data"], self.d.max_reply_bytes, f"a {payload['kind']} request")
+                except MLBridgeError as err:
+                    self.d.cancel(cid)
+                    yield pb.StreamEvent(call_id=cid, final=_reply(cid, Outcome(error=err)))
+                    return
+                yield pb.StreamEvent(call_id=cid, request=events.ClientRequest(
+                    request_id=payload["request_id"], kind=payload["kind"], data_json=data))
             elif kind == "progress":
                 step, total, message = payload
                 yield pb.StreamEvent(call_id=cid, progress=events.Progress(
@@ -133,6 +143,14 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CancelReply:
         return pb.CancelReply(found=self.d.cancel(request.call_id))
+
+    async def Answer(self, request: events.AnswerRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> events.AnswerReply:
+        try:
+            found = self.d.answer(request.call_id, request.request_id, request.result_json, request.error)
+        except MLBridgeError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.flat())
+        return events.AnswerReply(found=found)
 
     async def Configure(self, request: pb.ConfigureRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ConfigureReply:
         try:

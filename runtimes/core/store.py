@@ -27,6 +27,8 @@ class Stored(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
+    def snapshot(self) -> Any: ...
+
 
 T = TypeVar("T", bound=Stored)
 R = TypeVar("R", bound=Stored)

@@ -55,10 +55,34 @@ class Ticker(Resource):
         return {"ticks": n}
 
 
+class Journal(Resource):
+    """Entries the orchestrator keeps: they survive the worker (snapshot / restore)."""
+
+    type_name = "journal"
+    description = "Appends inputs.entry and returns every entry so far; kept by the orchestrator"
+
+    def create(self, ctx: CallContext) -> None:
+        self.entries: list[Any] = []
+
+    def execute(self, ctx: CallContext, inputs: dict[str, Any]) -> dict[str, Any]:
+        if "entry" in inputs:
+            self.entries.append(inputs["entry"])
+        return {"entries": list(self.entries)}
+
+    def snapshot(self) -> Any:
+        return {"entries": self.entries}
+
+    def restore(self, ctx: CallContext, state: Any) -> None:
+        self.entries = list(state["entries"])
+
+    def info(self) -> dict[str, Any]:
+        return {"entries": len(getattr(self, "entries", []))}
+
+
 class MockBridge(Bridge):
     name = "mock"
     framework = ""
-    resource_types = (Counter, Ticker)
+    resource_types = (Counter, Ticker, Journal)
 
     def framework_version(self) -> str:
         return "0"
@@ -106,6 +130,27 @@ class MockBridge(Bridge):
             if delay:
                 ctx.sleep(delay)
         return {"count": n}
+
+    @command(description="Ask the client for args.questions answers (streaming only), one after another",
+             schema={"type": "object", "properties": {"questions": {"type": "array"}}})
+    def ask(self, ctx: CallContext, args: dict[str, Any]):
+        answers = []
+        for q in args.get("questions", ["?"]):
+            answers.append(ctx.ask("question", {"question": q}, timeout=30))
+            yield {"answered": q}
+        return {"answers": answers}
+
+    @command(description="Ask the client from an async handler (streaming only)")
+    async def ask_async(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return {"answer": await ctx.ask_async("question", {"question": args.get("question", "?")}, timeout=30)}
+
+    @command(description="Append args.entry to journal args.journal from a command (kept via save_state)",
+             schema={"type": "object", "properties": {"journal": {"type": "string"}}, "required": ["journal"]})
+    def note(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        journal = self.resources.get_as(args["journal"], Journal, "journal")
+        journal.entries.append(args.get("entry"))
+        ctx.save_state(journal)
+        return {"entries": len(journal.entries)}
 
     @command(description="Return a string of args.size bytes (tests reply caps)")
     def blob(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

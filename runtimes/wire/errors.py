@@ -18,6 +18,7 @@ __all__ = [
     "AlreadyExists",
     "BridgeNotFound",
     "Cancelled",
+    "ClientAnswerError",
     "ConfigError",
     "DeadlineExceeded",
     "FrameworkError",
@@ -100,6 +101,12 @@ class AlreadyExists(MLBridgeError):
 
 class FrameworkError(MLBridgeError):
     """An exception raised by the framework (DSPy, LangChain, ...) or user code."""
+
+    code = "FRAMEWORK_ERROR"
+
+
+class ClientAnswerError(FrameworkError):
+    """The client answered a request of a running call (a client tool, say) with an error."""
 
     code = "FRAMEWORK_ERROR"
 

@@ -12,6 +12,10 @@ CREATED_RESOURCES: JSON list of ``{"resource_id", "type", "config", "info"}``
     for resources a handler created as a side effect; the orchestrator
     registers them so clients can use them like any other.
 DELETED_RESOURCES: JSON list of resource ids a handler deleted.
+RESOURCE_STATES: JSON object of resource id -> state, set by the runtime after
+    a call that changed resources whose state the orchestrator keeps
+    (``Resource.snapshot``); stored with the resource's spec before the reply
+    goes out and handed back when the resource is re-created.
 DEPRECATED: a sentence naming the replacement of a deprecated command.
 """
 
@@ -21,4 +25,5 @@ REPLAY_KEY = "mlbridge-replay-key"
 REPLAY_CLEAR = "mlbridge-replay-clear"
 CREATED_RESOURCES = "mlbridge-created-resources"
 DELETED_RESOURCES = "mlbridge-deleted-resources"
+RESOURCE_STATES = "mlbridge-resource-states"
 DEPRECATED = "mlbridge-deprecated"

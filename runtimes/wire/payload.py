@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import InvalidArgument, InvalidResult, PayloadTooLarge
 
-__all__ = ["dumps", "encode_capped", "loads_lenient", "nbytes", "parse_object"]
+__all__ = ["dumps", "encode_capped", "loads_lenient", "loads_strict", "nbytes", "parse_object"]
 
 _SEPARATORS = (",", ":")
 
@@ -37,6 +37,18 @@ def parse_object(data: str | bytes, what: str = "args") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidArgument(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def loads_strict(data: str | bytes, what: str) -> Any:
+    """Parse any JSON value.
+
+    Raises:
+        InvalidArgument: not valid JSON; ``what`` names it.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
 
 
 def loads_lenient(data: str | bytes, default: Any = None) -> Any:

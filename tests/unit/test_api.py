@@ -58,7 +58,7 @@ def test_list_bridges_and_describe(mb: MLBridge) -> None:
     d = mb.describe("mock")
     names = {c["name"] for c in d["commands"]}
     assert {"common:ping", "common:describe", "mock:echo", "mock:stream", "mock:sleep"} <= names
-    assert {t["name"] for t in d["resource_types"]} == {"counter", "ticker"}
+    assert {t["name"] for t in d["resource_types"]} == {"counter", "ticker", "journal"}
     sleep = next(c for c in d["commands"] if c["name"] == "mock:sleep")
     assert sleep["schema"]["required"] == ["seconds"]
     assert next(c for c in d["commands"] if c["name"] == "mock:stream")["streaming"] is True

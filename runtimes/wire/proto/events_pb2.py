@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n runtimes/wire/proto/events.proto\x12\x0bmlbridge.v1\"\x1a\n\x05\x43hunk\x12\x11\n\tdata_json\x18\x01 \x01(\t\"8\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n runtimes/wire/proto/events.proto\x12\x0bmlbridge.v1\"\x1a\n\x05\x43hunk\x12\x11\n\tdata_json\x18\x01 \x01(\t\"8\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\"D\n\rClientRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tdata_json\x18\x03 \x01(\t\"X\n\rAnswerRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x1c\n\x0b\x41nswerReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNK']._serialized_end=75
   _globals['_PROGRESS']._serialized_start=77
   _globals['_PROGRESS']._serialized_end=133
+  _globals['_CLIENTREQUEST']._serialized_start=135
+  _globals['_CLIENTREQUEST']._serialized_end=203
+  _globals['_ANSWERREQUEST']._serialized_start=205
+  _globals['_ANSWERREQUEST']._serialized_end=293
+  _globals['_ANSWERREPLY']._serialized_start=295
+  _globals['_ANSWERREPLY']._serialized_end=323
 # @@protoc_insertion_point(module_scope)

@@ -65,7 +65,7 @@ class DescribeReply(_message.Message):
     def __init__(self, bridge: _Optional[str] = ..., framework: _Optional[str] = ..., framework_version: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[CommandInfo, _Mapping]]] = ..., resource_types: _Optional[_Iterable[_Union[ResourceTypeInfo, _Mapping]]] = ..., packages: _Optional[_Mapping[str, str]] = ..., runtime_version: _Optional[str] = ..., python_version: _Optional[str] = ..., required_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "command", "args_json", "attachments", "resource_id", "resource_type", "deadline_unix_ms", "tenant")
+    __slots__ = ("call_id", "command", "args_json", "attachments", "resource_id", "resource_type", "deadline_unix_ms", "tenant", "resource_state_json")
     class AttachmentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class CallRequest(_message.Message):
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_STATE_JSON_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     command: str
     args_json: str
@@ -89,7 +90,8 @@ class CallRequest(_message.Message):
     resource_type: str
     deadline_unix_ms: int
     tenant: str
-    def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+    resource_state_json: str
+    def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., resource_state_json: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "details_json")
@@ -132,16 +134,18 @@ class CallReply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
-    __slots__ = ("call_id", "chunk", "progress", "final")
+    __slots__ = ("call_id", "chunk", "progress", "final", "request")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     chunk: _events_pb2.Chunk
     progress: _events_pb2.Progress
     final: CallReply
-    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_events_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_events_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
+    request: _events_pb2.ClientRequest
+    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_events_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_events_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ..., request: _Optional[_Union[_events_pb2.ClientRequest, _Mapping]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("call_id",)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from runtimes.wire.proto import events_pb2 as runtimes_dot_wire_dot_proto_dot_events__pb2
 from runtimes.wire.proto import runtime_pb2 as runtimes_dot_wire_dot_proto_dot_runtime__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -64,6 +65,11 @@ class RuntimeStub:
                 request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureRequest.SerializeToString,
                 response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureReply.FromString,
                 _registered_method=True)
+        self.Answer = channel.unary_unary(
+                '/mlbridge.runtime.v1.Runtime/Answer',
+                request_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
+                _registered_method=True)
 
 
 class RuntimeServicer:
@@ -116,6 +122,13 @@ class RuntimeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Answer(self, request, context):
+        """The client's answer to a ClientRequest a streaming call sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +161,11 @@ def add_RuntimeServicer_to_server(servicer, server):
                     servicer.Configure,
                     request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureRequest.FromString,
                     response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureReply.SerializeToString,
+            ),
+            'Answer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Answer,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +330,33 @@ class Runtime:
             '/mlbridge.runtime.v1.Runtime/Configure',
             runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureRequest.SerializeToString,
             runtimes_dot_wire_dot_proto_dot_runtime__pb2.ConfigureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Answer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbridge.runtime.v1.Runtime/Answer',
+            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
             options,
             channel_credentials,
             insecure,
