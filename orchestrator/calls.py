@@ -31,7 +31,7 @@ from runtimes.wire.errors import (
 )
 from runtimes.wire.metadata import CREATED_RESOURCES
 from runtimes.wire.payload import loads_lenient
-from runtimes.wire.proto import events_pb2 as events
+from runtimes.wire.proto import common_pb2 as common
 from runtimes.wire.proto import runtime_pb2 as rpb
 
 from .pool import Pool
@@ -156,7 +156,7 @@ class CallRunner:
         if fl is None or fl.worker.stub is None:
             return False
         try:
-            reply = await fl.worker.stub.Answer(events.AnswerRequest(
+            reply = await fl.worker.stub.Answer(common.AnswerRequest(
                 call_id=call_id, request_id=request_id, result_json=result_json, error=error), timeout=5)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:

@@ -17,7 +17,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = [
-    "runtimes/wire/proto/events.proto",
+    "runtimes/wire/proto/common.proto",
     "runtimes/wire/proto/runtime.proto",
     "orchestrator/proto/mlbridge.proto",
 ]

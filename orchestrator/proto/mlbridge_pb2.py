@@ -22,11 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from runtimes.wire.proto import events_pb2 as runtimes_dot_wire_dot_proto_dot_events__pb2
+from runtimes.wire.proto import common_pb2 as runtimes_dot_wire_dot_proto_dot_common__pb2
 
-from runtimes.wire.proto.events_pb2 import *
+from runtimes.wire.proto.common_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!orchestrator/proto/mlbridge.proto\x12\x0bmlbridge.v1\x1a runtimes/wire/proto/events.proto\"\x14\n\x12ListBridgesRequest\"\x8b\x01\n\nBridgeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x11\n\tpool_size\x18\x04 \x01(\x05\x12\x15\n\rworkers_ready\x18\x05 \x01(\x05\x12\x12\n\nis_default\x18\x06 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\"T\n\x10ListBridgesReply\x12(\n\x07\x62ridges\x18\x01 \x03(\x0b\x32\x17.mlbridge.v1.BridgeInfo\x12\x16\n\x0e\x64\x65\x66\x61ult_bridge\x18\x02 \x01(\t\"\'\n\x15\x44\x65scribeBridgeRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"]\n\x0b\x43ommandInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\x10\x61rgs_schema_json\x18\x03 \x01(\t\x12\x11\n\tstreaming\x18\x04 \x01(\x08\"d\n\x10ResourceTypeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1a\n\x12\x63onfig_schema_json\x18\x03 \x01(\t\x12\x11\n\tstreaming\x18\x04 \x01(\x08\"\xda\x02\n\x13\x44\x65scribeBridgeReply\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x19\n\x11\x66ramework_version\x18\x03 \x01(\t\x12*\n\x08\x63ommands\x18\x04 \x03(\x0b\x32\x18.mlbridge.v1.CommandInfo\x12\x35\n\x0eresource_types\x18\x05 \x03(\x0b\x32\x1d.mlbridge.v1.ResourceTypeInfo\x12@\n\x08packages\x18\x06 \x03(\x0b\x32..mlbridge.v1.DescribeBridgeReply.PackagesEntry\x12\x17\n\x0fruntime_version\x18\x07 \x01(\t\x12\x16\n\x0epython_version\x18\x08 \x01(\t\x1a/\n\rPackagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\x15\x43reateResourceRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12H\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x33.mlbridge.v1.CreateResourceRequest.AttachmentsEntry\x12\x13\n\x0bresource_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x06 \x01(\t\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x03\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"=\n\x13\x43reateResourceReply\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x11\n\tinfo_json\x18\x02 \x01(\t\"\xe6\x01\n\x16\x45xecuteResourceRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x13\n\x0binputs_json\x18\x02 \x01(\t\x12I\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x34.mlbridge.v1.ExecuteResourceRequest.AttachmentsEntry\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x12\n\ntimeout_ms\x18\x05 \x01(\x03\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"i\n\x08Resource\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x12\x11\n\tinfo_json\x18\x05 \x01(\t\"4\n\x14ListResourcesRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\">\n\x12ListResourcesReply\x12(\n\tresources\x18\x01 \x03(\x0b\x32\x15.mlbridge.v1.Resource\",\n\x15\x44\x65leteResourceRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteResourceReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xda\x01\n\x0b\x43\x61llRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12>\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32).mlbridge.v1.CallRequest.AttachmentsEntry\x12\x0f\n\x07\x63\x61ll_id\x18\x05 \x01(\t\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x8c\x02\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12<\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\'.mlbridge.v1.CallReply.AttachmentsEntry\x12\x36\n\x08metadata\x18\x04 \x03(\x0b\x32$.mlbridge.v1.CallReply.MetadataEntry\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x0bStreamEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.mlbridge.v1.ChunkH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.mlbridge.v1.ProgressH\x00\x12\'\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x16.mlbridge.v1.CallReplyH\x00\x12-\n\x07request\x18\x05 \x01(\x0b\x32\x1a.mlbridge.v1.ClientRequestH\x00\x42\x07\n\x05\x65vent\" \n\rCancelRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"\x1c\n\x0b\x43\x61ncelReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xb7\x01\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x11\n\tin_flight\x18\x07 \x01(\x05\x12\x11\n\tresources\x18\x08 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x10\n\x08image_id\x18\n \x01(\t\"\x9f\x01\n\rGetStatsReply\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.mlbridge.v1.WorkerStats\x12\x13\n\x0b\x63\x61lls_total\x18\x02 \x01(\x03\x12\x14\n\x0c\x65rrors_total\x18\x03 \x01(\x03\x12\x11\n\tuptime_ms\x18\x04 \x01(\x03\x12\x11\n\tresources\x18\x05 \x01(\x05\x12\x12\n\nstats_json\x18\x06 \x01(\t2\xa4\x07\n\x08MLBridge\x12M\n\x0bListBridges\x12\x1f.mlbridge.v1.ListBridgesRequest\x1a\x1d.mlbridge.v1.ListBridgesReply\x12V\n\x0e\x44\x65scribeBridge\x12\".mlbridge.v1.DescribeBridgeRequest\x1a .mlbridge.v1.DescribeBridgeReply\x12V\n\x0e\x43reateResource\x12\".mlbridge.v1.CreateResourceRequest\x1a .mlbridge.v1.CreateResourceReply\x12N\n\x0f\x45xecuteResource\x12#.mlbridge.v1.ExecuteResourceRequest\x1a\x16.mlbridge.v1.CallReply\x12X\n\x15\x45xecuteResourceStream\x12#.mlbridge.v1.ExecuteResourceRequest\x1a\x18.mlbridge.v1.StreamEvent0\x01\x12S\n\rListResources\x12!.mlbridge.v1.ListResourcesRequest\x1a\x1f.mlbridge.v1.ListResourcesReply\x12V\n\x0e\x44\x65leteResource\x12\".mlbridge.v1.DeleteResourceRequest\x1a .mlbridge.v1.DeleteResourceReply\x12\x38\n\x04\x43\x61ll\x12\x18.mlbridge.v1.CallRequest\x1a\x16.mlbridge.v1.CallReply\x12\x42\n\nCallStream\x12\x18.mlbridge.v1.CallRequest\x1a\x18.mlbridge.v1.StreamEvent0\x01\x12>\n\x06\x43\x61ncel\x12\x1a.mlbridge.v1.CancelRequest\x1a\x18.mlbridge.v1.CancelReply\x12>\n\x06\x41nswer\x12\x1a.mlbridge.v1.AnswerRequest\x1a\x18.mlbridge.v1.AnswerReply\x12\x44\n\x08GetStats\x12\x1c.mlbridge.v1.GetStatsRequest\x1a\x1a.mlbridge.v1.GetStatsReplyP\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!orchestrator/proto/mlbridge.proto\x12\x0bmlbridge.v1\x1a runtimes/wire/proto/common.proto\"\x14\n\x12ListBridgesRequest\"\x8b\x01\n\nBridgeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x11\n\tpool_size\x18\x04 \x01(\x05\x12\x15\n\rworkers_ready\x18\x05 \x01(\x05\x12\x12\n\nis_default\x18\x06 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\"T\n\x10ListBridgesReply\x12(\n\x07\x62ridges\x18\x01 \x03(\x0b\x32\x17.mlbridge.v1.BridgeInfo\x12\x16\n\x0e\x64\x65\x66\x61ult_bridge\x18\x02 \x01(\t\"\'\n\x15\x44\x65scribeBridgeRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"\xda\x02\n\x13\x44\x65scribeBridgeReply\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x19\n\x11\x66ramework_version\x18\x03 \x01(\t\x12*\n\x08\x63ommands\x18\x04 \x03(\x0b\x32\x18.mlbridge.v1.CommandInfo\x12\x35\n\x0eresource_types\x18\x05 \x03(\x0b\x32\x1d.mlbridge.v1.ResourceTypeInfo\x12@\n\x08packages\x18\x06 \x03(\x0b\x32..mlbridge.v1.DescribeBridgeReply.PackagesEntry\x12\x17\n\x0fruntime_version\x18\x07 \x01(\t\x12\x16\n\x0epython_version\x18\x08 \x01(\t\x1a/\n\rPackagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\x15\x43reateResourceRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12H\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x33.mlbridge.v1.CreateResourceRequest.AttachmentsEntry\x12\x13\n\x0bresource_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x06 \x01(\t\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x03\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"=\n\x13\x43reateResourceReply\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x11\n\tinfo_json\x18\x02 \x01(\t\"\xe6\x01\n\x16\x45xecuteResourceRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x13\n\x0binputs_json\x18\x02 \x01(\t\x12I\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x34.mlbridge.v1.ExecuteResourceRequest.AttachmentsEntry\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x12\n\ntimeout_ms\x18\x05 \x01(\x03\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"i\n\x08Resource\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x12\x11\n\tinfo_json\x18\x05 \x01(\t\"4\n\x14ListResourcesRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\">\n\x12ListResourcesReply\x12(\n\tresources\x18\x01 \x03(\x0b\x32\x15.mlbridge.v1.Resource\",\n\x15\x44\x65leteResourceRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteResourceReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xda\x01\n\x0b\x43\x61llRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12>\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32).mlbridge.v1.CallRequest.AttachmentsEntry\x12\x0f\n\x07\x63\x61ll_id\x18\x05 \x01(\t\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x8c\x02\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12<\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\'.mlbridge.v1.CallReply.AttachmentsEntry\x12\x36\n\x08metadata\x18\x04 \x03(\x0b\x32$.mlbridge.v1.CallReply.MetadataEntry\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x0bStreamEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.mlbridge.v1.ChunkH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.mlbridge.v1.ProgressH\x00\x12\'\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x16.mlbridge.v1.CallReplyH\x00\x12-\n\x07request\x18\x05 \x01(\x0b\x32\x1a.mlbridge.v1.ClientRequestH\x00\x42\x07\n\x05\x65vent\" \n\rCancelRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"\x1c\n\x0b\x43\x61ncelReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xb7\x01\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x11\n\tin_flight\x18\x07 \x01(\x05\x12\x11\n\tresources\x18\x08 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x10\n\x08image_id\x18\n \x01(\t\"\x9f\x01\n\rGetStatsReply\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.mlbridge.v1.WorkerStats\x12\x13\n\x0b\x63\x61lls_total\x18\x02 \x01(\x03\x12\x14\n\x0c\x65rrors_total\x18\x03 \x01(\x03\x12\x11\n\tuptime_ms\x18\x04 \x01(\x03\x12\x11\n\tresources\x18\x05 \x01(\x05\x12\x12\n\nstats_json\x18\x06 \x01(\t2\xa4\x07\n\x08MLBridge\x12M\n\x0bListBridges\x12\x1f.mlbridge.v1.ListBridgesRequest\x1a\x1d.mlbridge.v1.ListBridgesReply\x12V\n\x0e\x44\x65scribeBridge\x12\".mlbridge.v1.DescribeBridgeRequest\x1a .mlbridge.v1.DescribeBridgeReply\x12V\n\x0e\x43reateResource\x12\".mlbridge.v1.CreateResourceRequest\x1a .mlbridge.v1.CreateResourceReply\x12N\n\x0f\x45xecuteResource\x12#.mlbridge.v1.ExecuteResourceRequest\x1a\x16.mlbridge.v1.CallReply\x12X\n\x15\x45xecuteResourceStream\x12#.mlbridge.v1.ExecuteResourceRequest\x1a\x18.mlbridge.v1.StreamEvent0\x01\x12S\n\rListResources\x12!.mlbridge.v1.ListResourcesRequest\x1a\x1f.mlbridge.v1.ListResourcesReply\x12V\n\x0e\x44\x65leteResource\x12\".mlbridge.v1.DeleteResourceRequest\x1a .mlbridge.v1.DeleteResourceReply\x12\x38\n\x04\x43\x61ll\x12\x18.mlbridge.v1.CallRequest\x1a\x16.mlbridge.v1.CallReply\x12\x42\n\nCallStream\x12\x18.mlbridge.v1.CallRequest\x1a\x18.mlbridge.v1.StreamEvent0\x01\x12>\n\x06\x43\x61ncel\x12\x1a.mlbridge.v1.CancelRequest\x1a\x18.mlbridge.v1.CancelReply\x12>\n\x06\x41nswer\x12\x1a.mlbridge.v1.AnswerRequest\x1a\x18.mlbridge.v1.AnswerReply\x12\x44\n\x08GetStats\x12\x1c.mlbridge.v1.GetStatsRequest\x1a\x1a.mlbridge.v1.GetStatsReplyP\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,56 +53,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBRIDGESREPLY']._serialized_end=332
   _globals['_DESCRIBEBRIDGEREQUEST']._serialized_start=334
   _globals['_DESCRIBEBRIDGEREQUEST']._serialized_end=373
-  _globals['_COMMANDINFO']._serialized_start=375
-  _globals['_COMMANDINFO']._serialized_end=468
-  _globals['_RESOURCETYPEINFO']._serialized_start=470
-  _globals['_RESOURCETYPEINFO']._serialized_end=570
-  _globals['_DESCRIBEBRIDGEREPLY']._serialized_start=573
-  _globals['_DESCRIBEBRIDGEREPLY']._serialized_end=919
-  _globals['_DESCRIBEBRIDGEREPLY_PACKAGESENTRY']._serialized_start=872
-  _globals['_DESCRIBEBRIDGEREPLY_PACKAGESENTRY']._serialized_end=919
-  _globals['_CREATERESOURCEREQUEST']._serialized_start=922
-  _globals['_CREATERESOURCEREQUEST']._serialized_end=1180
-  _globals['_CREATERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_start=1130
-  _globals['_CREATERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_end=1180
-  _globals['_CREATERESOURCEREPLY']._serialized_start=1182
-  _globals['_CREATERESOURCEREPLY']._serialized_end=1243
-  _globals['_EXECUTERESOURCEREQUEST']._serialized_start=1246
-  _globals['_EXECUTERESOURCEREQUEST']._serialized_end=1476
-  _globals['_EXECUTERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_start=1130
-  _globals['_EXECUTERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_end=1180
-  _globals['_RESOURCE']._serialized_start=1478
-  _globals['_RESOURCE']._serialized_end=1583
-  _globals['_LISTRESOURCESREQUEST']._serialized_start=1585
-  _globals['_LISTRESOURCESREQUEST']._serialized_end=1637
-  _globals['_LISTRESOURCESREPLY']._serialized_start=1639
-  _globals['_LISTRESOURCESREPLY']._serialized_end=1701
-  _globals['_DELETERESOURCEREQUEST']._serialized_start=1703
-  _globals['_DELETERESOURCEREQUEST']._serialized_end=1747
-  _globals['_DELETERESOURCEREPLY']._serialized_start=1749
-  _globals['_DELETERESOURCEREPLY']._serialized_end=1787
-  _globals['_CALLREQUEST']._serialized_start=1790
-  _globals['_CALLREQUEST']._serialized_end=2008
-  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_start=1130
-  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_end=1180
-  _globals['_CALLREPLY']._serialized_start=2011
-  _globals['_CALLREPLY']._serialized_end=2279
-  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_start=1130
-  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_end=1180
-  _globals['_CALLREPLY_METADATAENTRY']._serialized_start=2232
-  _globals['_CALLREPLY_METADATAENTRY']._serialized_end=2279
-  _globals['_STREAMEVENT']._serialized_start=2282
-  _globals['_STREAMEVENT']._serialized_end=2489
-  _globals['_CANCELREQUEST']._serialized_start=2491
-  _globals['_CANCELREQUEST']._serialized_end=2523
-  _globals['_CANCELREPLY']._serialized_start=2525
-  _globals['_CANCELREPLY']._serialized_end=2553
-  _globals['_GETSTATSREQUEST']._serialized_start=2555
-  _globals['_GETSTATSREQUEST']._serialized_end=2572
-  _globals['_WORKERSTATS']._serialized_start=2575
-  _globals['_WORKERSTATS']._serialized_end=2758
-  _globals['_GETSTATSREPLY']._serialized_start=2761
-  _globals['_GETSTATSREPLY']._serialized_end=2920
-  _globals['_MLBRIDGE']._serialized_start=2923
-  _globals['_MLBRIDGE']._serialized_end=3855
+  _globals['_DESCRIBEBRIDGEREPLY']._serialized_start=376
+  _globals['_DESCRIBEBRIDGEREPLY']._serialized_end=722
+  _globals['_DESCRIBEBRIDGEREPLY_PACKAGESENTRY']._serialized_start=675
+  _globals['_DESCRIBEBRIDGEREPLY_PACKAGESENTRY']._serialized_end=722
+  _globals['_CREATERESOURCEREQUEST']._serialized_start=725
+  _globals['_CREATERESOURCEREQUEST']._serialized_end=983
+  _globals['_CREATERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_start=933
+  _globals['_CREATERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_end=983
+  _globals['_CREATERESOURCEREPLY']._serialized_start=985
+  _globals['_CREATERESOURCEREPLY']._serialized_end=1046
+  _globals['_EXECUTERESOURCEREQUEST']._serialized_start=1049
+  _globals['_EXECUTERESOURCEREQUEST']._serialized_end=1279
+  _globals['_EXECUTERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_start=933
+  _globals['_EXECUTERESOURCEREQUEST_ATTACHMENTSENTRY']._serialized_end=983
+  _globals['_RESOURCE']._serialized_start=1281
+  _globals['_RESOURCE']._serialized_end=1386
+  _globals['_LISTRESOURCESREQUEST']._serialized_start=1388
+  _globals['_LISTRESOURCESREQUEST']._serialized_end=1440
+  _globals['_LISTRESOURCESREPLY']._serialized_start=1442
+  _globals['_LISTRESOURCESREPLY']._serialized_end=1504
+  _globals['_DELETERESOURCEREQUEST']._serialized_start=1506
+  _globals['_DELETERESOURCEREQUEST']._serialized_end=1550
+  _globals['_DELETERESOURCEREPLY']._serialized_start=1552
+  _globals['_DELETERESOURCEREPLY']._serialized_end=1590
+  _globals['_CALLREQUEST']._serialized_start=1593
+  _globals['_CALLREQUEST']._serialized_end=1811
+  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_start=933
+  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_end=983
+  _globals['_CALLREPLY']._serialized_start=1814
+  _globals['_CALLREPLY']._serialized_end=2082
+  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_start=933
+  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_end=983
+  _globals['_CALLREPLY_METADATAENTRY']._serialized_start=2035
+  _globals['_CALLREPLY_METADATAENTRY']._serialized_end=2082
+  _globals['_STREAMEVENT']._serialized_start=2085
+  _globals['_STREAMEVENT']._serialized_end=2292
+  _globals['_CANCELREQUEST']._serialized_start=2294
+  _globals['_CANCELREQUEST']._serialized_end=2326
+  _globals['_CANCELREPLY']._serialized_start=2328
+  _globals['_CANCELREPLY']._serialized_end=2356
+  _globals['_GETSTATSREQUEST']._serialized_start=2358
+  _globals['_GETSTATSREQUEST']._serialized_end=2375
+  _globals['_WORKERSTATS']._serialized_start=2378
+  _globals['_WORKERSTATS']._serialized_end=2561
+  _globals['_GETSTATSREPLY']._serialized_start=2564
+  _globals['_GETSTATSREPLY']._serialized_end=2723
+  _globals['_MLBRIDGE']._serialized_start=2726
+  _globals['_MLBRIDGE']._serialized_end=3658
 # @@protoc_insertion_point(module_scope)

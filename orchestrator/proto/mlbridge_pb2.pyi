@@ -1,14 +1,16 @@
-from runtimes.wire.proto import events_pb2 as _events_pb2
+from runtimes.wire.proto import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
-from runtimes.wire.proto.events_pb2 import Chunk as Chunk
-from runtimes.wire.proto.events_pb2 import Progress as Progress
-from runtimes.wire.proto.events_pb2 import ClientRequest as ClientRequest
-from runtimes.wire.proto.events_pb2 import AnswerRequest as AnswerRequest
-from runtimes.wire.proto.events_pb2 import AnswerReply as AnswerReply
+from runtimes.wire.proto.common_pb2 import Chunk as Chunk
+from runtimes.wire.proto.common_pb2 import Progress as Progress
+from runtimes.wire.proto.common_pb2 import ClientRequest as ClientRequest
+from runtimes.wire.proto.common_pb2 import AnswerRequest as AnswerRequest
+from runtimes.wire.proto.common_pb2 import AnswerReply as AnswerReply
+from runtimes.wire.proto.common_pb2 import CommandInfo as CommandInfo
+from runtimes.wire.proto.common_pb2 import ResourceTypeInfo as ResourceTypeInfo
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -48,30 +50,6 @@ class DescribeBridgeRequest(_message.Message):
     bridge: str
     def __init__(self, bridge: _Optional[str] = ...) -> None: ...
 
-class CommandInfo(_message.Message):
-    __slots__ = ("name", "description", "args_schema_json", "streaming")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
-    ARGS_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
-    STREAMING_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    description: str
-    args_schema_json: str
-    streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
-
-class ResourceTypeInfo(_message.Message):
-    __slots__ = ("name", "description", "config_schema_json", "streaming")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
-    STREAMING_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    description: str
-    config_schema_json: str
-    streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
-
 class DescribeBridgeReply(_message.Message):
     __slots__ = ("bridge", "framework", "framework_version", "commands", "resource_types", "packages", "runtime_version", "python_version")
     class PackagesEntry(_message.Message):
@@ -92,12 +70,12 @@ class DescribeBridgeReply(_message.Message):
     bridge: str
     framework: str
     framework_version: str
-    commands: _containers.RepeatedCompositeFieldContainer[CommandInfo]
-    resource_types: _containers.RepeatedCompositeFieldContainer[ResourceTypeInfo]
+    commands: _containers.RepeatedCompositeFieldContainer[_common_pb2.CommandInfo]
+    resource_types: _containers.RepeatedCompositeFieldContainer[_common_pb2.ResourceTypeInfo]
     packages: _containers.ScalarMap[str, str]
     runtime_version: str
     python_version: str
-    def __init__(self, bridge: _Optional[str] = ..., framework: _Optional[str] = ..., framework_version: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[CommandInfo, _Mapping]]] = ..., resource_types: _Optional[_Iterable[_Union[ResourceTypeInfo, _Mapping]]] = ..., packages: _Optional[_Mapping[str, str]] = ..., runtime_version: _Optional[str] = ..., python_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, bridge: _Optional[str] = ..., framework: _Optional[str] = ..., framework_version: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[_common_pb2.CommandInfo, _Mapping]]] = ..., resource_types: _Optional[_Iterable[_Union[_common_pb2.ResourceTypeInfo, _Mapping]]] = ..., packages: _Optional[_Mapping[str, str]] = ..., runtime_version: _Optional[str] = ..., python_version: _Optional[str] = ...) -> None: ...
 
 class CreateResourceRequest(_message.Message):
     __slots__ = ("bridge", "type", "config_json", "attachments", "resource_id", "call_id", "timeout_ms")
@@ -250,11 +228,11 @@ class StreamEvent(_message.Message):
     FINAL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    chunk: _events_pb2.Chunk
-    progress: _events_pb2.Progress
+    chunk: _common_pb2.Chunk
+    progress: _common_pb2.Progress
     final: CallReply
-    request: _events_pb2.ClientRequest
-    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_events_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_events_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ..., request: _Optional[_Union[_events_pb2.ClientRequest, _Mapping]] = ...) -> None: ...
+    request: _common_pb2.ClientRequest
+    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[_common_pb2.Chunk, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., final: _Optional[_Union[CallReply, _Mapping]] = ..., request: _Optional[_Union[_common_pb2.ClientRequest, _Mapping]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("call_id",)

@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from orchestrator.proto import mlbridge_pb2 as orchestrator_dot_proto_dot_mlbridge__pb2
-from runtimes.wire.proto import events_pb2 as runtimes_dot_wire_dot_proto_dot_events__pb2
+from runtimes.wire.proto import common_pb2 as runtimes_dot_wire_dot_proto_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -87,8 +87,8 @@ class MLBridgeStub:
                 _registered_method=True)
         self.Answer = channel.unary_unary(
                 '/mlbridge.v1.MLBridge/Answer',
-                request_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
-                response_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerReply.FromString,
                 _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/mlbridge.v1.MLBridge/GetStats',
@@ -229,8 +229,8 @@ def add_MLBridgeServicer_to_server(servicer, server):
             ),
             'Answer': grpc.unary_unary_rpc_method_handler(
                     servicer.Answer,
-                    request_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.FromString,
-                    response_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerReply.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -533,8 +533,8 @@ class MLBridge:
             request,
             target,
             '/mlbridge.v1.MLBridge/Answer',
-            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
-            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
+            runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,7 +17,7 @@ from orchestrator.proto import mlbridge_pb2 as pb
 from runtimes.core import Bridge
 from runtimes.wire import __version__, errors
 from runtimes.wire.payload import encode_capped, nbytes, parse_object
-from runtimes.wire.proto import events_pb2, runtime_pb2
+from runtimes.wire.proto import common_pb2, runtime_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,9 +74,12 @@ def test_payload_fields_are_plain_json_text() -> None:
     assert pb.CallRequest(args_json='{"x":1}').SerializeToString() == old_client_bytes
 
 
-def test_stream_messages_are_defined_once() -> None:
-    assert pb.Chunk is events_pb2.Chunk and pb.Progress is events_pb2.Progress
-    ev = runtime_pb2.StreamEvent(chunk=events_pb2.Chunk(data_json='"tok"'))
+def test_shared_messages_are_defined_once() -> None:
+    for name in ("Chunk", "Progress", "ClientRequest", "AnswerRequest", "AnswerReply", "CommandInfo",
+                 "ResourceTypeInfo"):
+        assert getattr(pb, name) is getattr(common_pb2, name), name
+        assert not hasattr(runtime_pb2, name) or getattr(runtime_pb2, name) is getattr(common_pb2, name)
+    ev = runtime_pb2.StreamEvent(chunk=common_pb2.Chunk(data_json='"tok"'))
     assert pb.StreamEvent.FromString(ev.SerializeToString()).chunk.data_json == '"tok"'
 
 

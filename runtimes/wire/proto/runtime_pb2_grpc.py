@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from runtimes.wire.proto import events_pb2 as runtimes_dot_wire_dot_proto_dot_events__pb2
+from runtimes.wire.proto import common_pb2 as runtimes_dot_wire_dot_proto_dot_common__pb2
 from runtimes.wire.proto import runtime_pb2 as runtimes_dot_wire_dot_proto_dot_runtime__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -67,8 +67,8 @@ class RuntimeStub:
                 _registered_method=True)
         self.Answer = channel.unary_unary(
                 '/mlbridge.runtime.v1.Runtime/Answer',
-                request_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
-                response_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerReply.FromString,
                 _registered_method=True)
 
 
@@ -164,8 +164,8 @@ def add_RuntimeServicer_to_server(servicer, server):
             ),
             'Answer': grpc.unary_unary_rpc_method_handler(
                     servicer.Answer,
-                    request_deserializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.FromString,
-                    response_serializer=runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerRequest.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,8 +355,8 @@ class Runtime:
             request,
             target,
             '/mlbridge.runtime.v1.Runtime/Answer',
-            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerRequest.SerializeToString,
-            runtimes_dot_wire_dot_proto_dot_events__pb2.AnswerReply.FromString,
+            runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerRequest.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_common__pb2.AnswerReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,3 +47,27 @@ class AnswerReply(_message.Message):
     FOUND_FIELD_NUMBER: _ClassVar[int]
     found: bool
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class CommandInfo(_message.Message):
+    __slots__ = ("name", "description", "args_schema_json", "streaming")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ARGS_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    args_schema_json: str
+    streaming: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
+
+class ResourceTypeInfo(_message.Message):
+    __slots__ = ("name", "description", "config_schema_json", "streaming")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    config_schema_json: str
+    streaming: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
