@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ..wire.caps import DEFAULT_MAX_MESSAGE_BYTES, MAX_PROGRESS_MESSAGE_CHARS
 from ..wire.errors import MLBridgeError, public_details
 from ..wire.payload import dumps, encode_capped
-from ..wire.proto import events_pb2 as events
+from ..wire.proto import common_pb2 as common
 from ..wire.proto import runtime_pb2 as pb
 from ..wire.proto import runtime_pb2_grpc as pb_grpc
 from .bridge import Bridge
@@ -68,12 +68,12 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             framework=info["framework"],
             framework_version=info["framework_version"],
             commands=[
-                pb.CommandInfo(name=c["name"], description=c["description"],
+                common.CommandInfo(name=c["name"], description=c["description"],
                                args_schema_json=dumps(c["schema"]), streaming=c["streaming"])
                 for c in info["commands"]
             ],
             resource_types=[
-                pb.ResourceTypeInfo(name=t["name"], description=t["description"],
+                common.ResourceTypeInfo(name=t["name"], description=t["description"],
                                     config_schema_json=dumps(t["schema"]), streaming=t["streaming"])
                 for t in info["resource_types"]
             ],
@@ -100,7 +100,7 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
                     self.d.cancel(cid)
                     yield pb.StreamEvent(call_id=cid, final=_reply(cid, Outcome(error=err)))
                     return
-                yield pb.StreamEvent(call_id=cid, chunk=events.Chunk(data_json=data))
+                yield pb.StreamEvent(call_id=cid, chunk=common.Chunk(data_json=data))
             elif kind == "request":
                 try:
                     data = encode_capped(payload["data"], self.d.max_reply_bytes, f"a {payload['kind']} request")
@@ -108,11 +108,11 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
                     self.d.cancel(cid)
                     yield pb.StreamEvent(call_id=cid, final=_reply(cid, Outcome(error=err)))
                     return
-                yield pb.StreamEvent(call_id=cid, request=events.ClientRequest(
+                yield pb.StreamEvent(call_id=cid, request=common.ClientRequest(
                     request_id=payload["request_id"], kind=payload["kind"], data_json=data))
             elif kind == "progress":
                 step, total, message = payload
-                yield pb.StreamEvent(call_id=cid, progress=events.Progress(
+                yield pb.StreamEvent(call_id=cid, progress=common.Progress(
                     step=step, total=total, message=message[:MAX_PROGRESS_MESSAGE_CHARS]))
             else:
                 yield pb.StreamEvent(call_id=cid, final=_reply(cid, payload))
@@ -144,13 +144,13 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CancelReply:
         return pb.CancelReply(found=self.d.cancel(request.call_id))
 
-    async def Answer(self, request: events.AnswerRequest,
-                     context: grpc.aio.ServicerContext[Any, Any]) -> events.AnswerReply:
+    async def Answer(self, request: common.AnswerRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> common.AnswerReply:
         try:
             found = self.d.answer(request.call_id, request.request_id, request.result_json, request.error)
         except MLBridgeError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.flat())
-        return events.AnswerReply(found=found)
+        return common.AnswerReply(found=found)
 
     async def Configure(self, request: pb.ConfigureRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ConfigureReply:
         try:
