@@ -109,4 +109,4 @@ class App:
 
     async def _record(self, **fields: Any) -> None:
         if self.audit is not None:
-            await self.audit.arecord(**{k: v for k, v in fields.items() if v not in (None, "")})
+            await self.audit.note(**fields)

@@ -319,6 +319,10 @@ class AuditLog:
         """:meth:`record` in a worker thread, so the event loop never waits on fsync."""
         return await asyncio.to_thread(self.record, **fields)
 
+    async def note(self, **fields: Any) -> None:
+        """:meth:`arecord`, leaving out fields that are None or empty (what every caller in the service wants)."""
+        await self.arecord(**{k: v for k, v in fields.items() if v not in (None, "")})
+
     def close(self) -> None:
         """Release the file; later records raise."""
         with self._lock:

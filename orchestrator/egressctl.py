@@ -131,10 +131,9 @@ class EgressControl:
         extra: dict[str, Any] = {"target": d.target, "reason": d.reason, "via": d.method}
         if d.suppressed:
             extra["suppressed"] = d.suppressed
-        fields = {"event": "egress", "tenant": d.tenant, "bridge": d.bridge, "worker_id": d.worker_id,
-                  "source": d.source, "decision": "allow" if d.allowed else "deny", "rule": EGRESS_RULE,
-                  "outcome": "ok" if d.allowed else "denied", "extra": extra}
-        await self.audit.arecord(**{k: v for k, v in fields.items() if v not in (None, "")})
+        await self.audit.note(event="egress", tenant=d.tenant, bridge=d.bridge, worker_id=d.worker_id,
+                              source=d.source, decision="allow" if d.allowed else "deny", rule=EGRESS_RULE,
+                              outcome="ok" if d.allowed else "denied", extra=extra)
 
     async def close(self) -> None:
         """Stop the proxy (the backend removes its network when it closes)."""

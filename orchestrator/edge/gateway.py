@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from runtimes.wire.errors import NotFound
+
 from ..calls import Reply
 from ..registry import ResourceRecord
 from ..service import Caller, Event, Orchestrator
@@ -144,4 +146,7 @@ class Gateway:
 
     def find_resource(self, caller: Caller, resource_id: str) -> ResourceRecord | None:
         """The caller's resource record, None when it has none by that id (no audit: a lookup, not a call)."""
-        return self.service.registry.get(caller.tenant, resource_id)
+        try:
+            return self.service.resource(caller, resource_id)
+        except NotFound:
+            return None

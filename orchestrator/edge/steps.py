@@ -56,7 +56,7 @@ def recorder(audit: AuditLog | None) -> Records:
 
     async def record(**fields: Any) -> None:
         if audit is not None:
-            await audit.arecord(**{k: v for k, v in fields.items() if v not in (None, "")})
+            await audit.note(**fields)
 
     return record
 
