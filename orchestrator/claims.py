@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 from runtimes.wire.proto import runtime_pb2 as rpb
 
@@ -46,7 +46,7 @@ __all__ = ["NO_SETTINGS", "STEPS", "ClaimPipeline", "EgressAttach", "NoSettings"
 #: The steps of a claim, in the order they run.
 STEPS = ("limits", "secrets", "egress", "configure", "replay", "naming")
 
-Background = Callable[[Awaitable[None], str], None]
+Background = Callable[[Coroutine[Any, Any, None], str], None]
 
 
 class TenantSettings(Protocol):

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from runtimes.wire.errors import MLBridgeError, QuotaExceeded, Unavailable
@@ -224,7 +224,7 @@ class Pool:
         self._refill()  # after the claim, so starting the replacement does not slow it down
         return worker
 
-    def _background(self, coro: Awaitable[None], what: str) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         """Run housekeeping off the caller's path; failures are logged, never raised."""
 
         async def run() -> None:
@@ -236,6 +236,8 @@ class Pool:
         task = asyncio.get_running_loop().create_task(run())
         self._refill_tasks.add(task)
         task.add_done_callback(self._refill_tasks.discard)
+        # A task cancelled before it ran (the pool stopping) never awaited ``coro``: close it quietly.
+        task.add_done_callback(lambda _: coro.close())
 
     # -- retiring --------------------------------------------------------------
     async def retire(self, worker: Worker, reason: str, *, kill: bool = True) -> None:
