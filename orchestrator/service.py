@@ -200,8 +200,39 @@ class Orchestrator:
         limit = pool.cfg.call_timeout_s
         return min(limit, timeout_s) if timeout_s else limit
 
-    async def _acquire(self, caller: Caller, pool: Pool) -> Worker:
-        return await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool))
+    async def _acquire(self, caller: Caller, pool: Pool, timeout_s: float | None = None) -> Worker:
+        """One of the caller's workers; a worker new to the tenant first gets back what the tenant lost."""
+        worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool))
+        if not worker.restored:
+            await self._restore_lost(caller, pool, worker, timeout_s)
+        return worker
+
+    async def _restore_lost(self, caller: Caller, pool: Pool, worker: Worker, timeout_s: float | None) -> None:
+        """Re-create, on a worker new to the tenant, every resource of the tenant and bridge whose worker is gone.
+
+        Oldest first, so resources that refer to others find them; with their
+        kept state. Once per worker: callers arriving meanwhile wait for it, so
+        nothing is re-created twice. A resource that cannot be re-created is
+        logged and left lost; using it tries again and reports why.
+        """
+        async with worker.restore_lock:
+            if worker.restored:
+                return
+            for r in self._lost(caller, pool):
+                log.info("re-creating resource %s on worker %s from its spec", r.resource_id, worker.id)
+                try:
+                    await self._create_on(caller, pool, worker, r.resource_id, r.type, r.config, None, "",
+                                          timeout_s, state=r.state)
+                except MLBridgeError as exc:
+                    log.warning("could not re-create resource %s: %s", r.resource_id, exc)
+                    continue
+                r.worker_id = worker.id
+            worker.restored = True
+
+    def _lost(self, caller: Caller, pool: Pool) -> list[ResourceRecord]:
+        """The caller's resources of this bridge whose worker is gone (or never was, after a restart)."""
+        return [r for r in self.registry.list(caller.tenant, pool.name)
+                if r.worker_id not in pool.workers or pool.workers[r.worker_id].state != "ready"]
 
     # -- bridges ------------------------------------------------------------------
     def list_bridges(self, caller: Caller) -> list[dict[str, Any]]:
@@ -274,7 +305,7 @@ class Orchestrator:
         """Run one namespaced command on one of the caller's workers of its bridge."""
         pool = self.pool(self.route_bridge(bridge, command))
         req = self._command_request(command, args_json, attachments, call_id)
-        worker = await self._acquire(caller, pool)
+        worker = await self._acquire(caller, pool, timeout_s)
         reply = await self._counted(self.runner.unary(caller.tenant, pool, worker, req,
                                                       self._timeout(pool, timeout_s)))
         if reply.metadata:
@@ -284,13 +315,16 @@ class Orchestrator:
     async def call_stream(self, caller: Caller, bridge: str, command: str, args_json: str = "",
                           attachments: dict[str, bytes] | None = None, call_id: str = "",
                           timeout_s: float | None = None) -> AsyncIterator[Event]:
-        """Like :meth:`call`, yielding ``("chunk", text)``, ``("progress", (step, total, msg))``, ``("final", Reply)``."""
+        """Like :meth:`call`, yielding ``("chunk", text)``, ``("progress", (step, total, msg))``,
+        ``("request", (id, kind, data))`` and ``("final", Reply)``; the reply's effects are recorded before it goes on."""
         pool = self.pool(self.route_bridge(bridge, command))
         req = self._command_request(command, args_json, attachments, call_id)
-        worker = await self._acquire(caller, pool)
-        async for ev in self._counted_stream(self.runner.stream(caller.tenant, pool, worker, req,
-                                                                self._timeout(pool, timeout_s))):
-            yield ev
+        worker = await self._acquire(caller, pool, timeout_s)
+        async for kind, payload in self._counted_stream(self.runner.stream(caller.tenant, pool, worker, req,
+                                                                           self._timeout(pool, timeout_s))):
+            if kind == "final" and payload.metadata:
+                self._note_effects(caller, pool, command, args_json, payload)
+            yield kind, payload
 
     async def cancel(self, caller: Caller, call_id: str) -> bool:
         return await self.runner.cancel(caller.tenant, call_id)
@@ -346,27 +380,17 @@ class Orchestrator:
         return await self._counted(self.runner.unary(caller.tenant, pool, worker, req, self._timeout(pool, timeout_s)))
 
     async def _holder(self, caller: Caller, rec: ResourceRecord, timeout_s: float | None) -> tuple[Pool, Worker]:
-        """The worker holding a resource; re-created from its spec if that worker is gone."""
+        """The worker holding a resource; re-created from its spec (and kept state) if that worker is gone."""
         pool = self.pool(rec.bridge)
         worker = pool.workers.get(rec.worker_id)
         if worker is not None and worker.state == "ready" and worker.tenant == caller.tenant:
             return pool, worker
-        worker = await self._acquire(caller, pool)
-        # Re-create every resource of this tenant and bridge that lived on a worker
-        # that is gone, oldest first, so resources that refer to others find them.
-        lost = [r for r in self.registry.list(caller.tenant, rec.bridge)
-                if r.worker_id not in pool.workers or pool.workers[r.worker_id].state != "ready"]
-        for r in lost:
-            log.info("re-creating resource %s on worker %s from its spec", r.resource_id, worker.id)
-            try:
-                await self._create_on(caller, pool, worker, r.resource_id, r.type, r.config, None, "", timeout_s,
-                                      state=r.state)
-            except MLBridgeError as exc:
-                if r is rec:
-                    raise
-                log.warning("could not re-create resource %s: %s", r.resource_id, exc)
-                continue
-            r.worker_id = worker.id
+        worker = await self._acquire(caller, pool, timeout_s)
+        if rec.worker_id != worker.id and rec in self._lost(caller, pool):
+            # Not re-created with the rest (it failed then, or its worker died since): once more, and say why.
+            await self._create_on(caller, pool, worker, rec.resource_id, rec.type, rec.config, None, "", timeout_s,
+                                  state=rec.state)
+            rec.worker_id = worker.id
         return pool, worker
 
     async def execute_resource(self, caller: Caller, resource_id: str, inputs_json: str = "",

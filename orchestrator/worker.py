@@ -49,6 +49,9 @@ class Worker:
     stub: rpb_grpc.RuntimeStub | None = None
     death: str = ""
     session: SessionGroup | None = None
+    #: Whether the tenant's lost resources were re-created here (done once, on its first use).
+    restored: bool = False
+    restore_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def id(self) -> str:

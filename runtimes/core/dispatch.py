@@ -9,6 +9,7 @@ and deadlines, and encodes the result under the reply size cap.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -283,7 +284,7 @@ class Dispatcher:
             work: asyncio.Future[Any] = asyncio.ensure_future(self._run_async(spec, owner, ctx, args, run))
         else:
             loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self.executor, self._run_sync, spec, owner, ctx, args, run)
+            work = loop.run_in_executor(self.executor, self._run_sync, spec, owner, ctx, args, run, loop)
         return await self._await_bounded(work, ctx, run)
 
     async def _await_bounded(self, work: asyncio.Future[Any], ctx: CallContext, run: Running) -> Any:
@@ -316,9 +317,13 @@ class Dispatcher:
         raise DeadlineExceeded(f"call {ctx.call_id} ran past its deadline")
 
     def _run_sync(self, spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
-                  run: Running) -> Any:
+                  run: Running, loop: asyncio.AbstractEventLoop) -> Any:
         try:
             value = spec.func(owner, ctx, args)
+            if inspect.iscoroutine(value) or inspect.isasyncgen(value):
+                # An async hook behind a sync handler (``async def execute`` under
+                # common:execute_resource): it runs on the event loop, this thread waits.
+                value = _wait_on_loop(value if inspect.iscoroutine(value) else _drain_async(value, ctx), loop, ctx)
             if inspect.isgenerator(value):
                 return _drain(value, ctx)
             return value
@@ -330,11 +335,7 @@ class Dispatcher:
         try:
             value = spec.func(owner, ctx, args)
             if inspect.isasyncgen(value):
-                chunks: list[Any] = []
-                async for chunk in value:
-                    ctx.check()
-                    (ctx.emit if ctx.streaming else chunks.append)(chunk)
-                return None if ctx.streaming else {"chunks": chunks}
+                return await _drain_async(value, ctx)
             value = await value
             if inspect.isgenerator(value):  # an async hook that returned a sync generator
                 loop = asyncio.get_running_loop()
@@ -381,6 +382,32 @@ def _release(item: tuple[Any, ...]) -> tuple[str, Any]:
     if len(item) == 3:
         item[2].release()
     return item[0], item[1]
+
+
+async def _drain_async(agen: Any, ctx: CallContext) -> Any:
+    """Run an async generator handler: stream its chunks or collect them."""
+    chunks: list[Any] = []
+    try:
+        async for chunk in agen:
+            ctx.check()
+            (ctx.emit if ctx.streaming else chunks.append)(chunk)
+    finally:
+        await agen.aclose()
+    return None if ctx.streaming else {"chunks": chunks}
+
+
+def _wait_on_loop(coro: Any, loop: asyncio.AbstractEventLoop, ctx: CallContext) -> Any:
+    """Run ``coro`` on the event loop from a handler thread and wait, honouring cancellation and the deadline."""
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    while True:
+        try:
+            return future.result(timeout=0.05)
+        except concurrent.futures.TimeoutError:
+            try:
+                ctx.check()
+            except BaseException:
+                future.cancel()
+                raise
 
 
 def _drain(gen: Any, ctx: CallContext) -> Any:

@@ -31,6 +31,14 @@ from collections.abc import Generator
 from typing import Any
 
 from runtimes.core import CallContext, InvalidArgument, command
+from runtimes.core.usercode import (
+    Progress,
+    UserModule,
+    accepts_progress,
+    call_user,
+    check_json,
+    user_error,
+)
 from runtimes.wire.metadata import REPLAY_KEY
 
 from . import capture
@@ -41,7 +49,6 @@ from .errors import BadUserType, TypeNameTaken, UploadLimitExceeded, UserResultT
 from .resources import ModuleResource, UserResource, make_user_type
 from .scratch import split_path
 from .settings import HARD_MAX_OUTPUT_BYTES, CustomSettings
-from .usercode import Progress, UserModule, accepts_progress, call_user, check_json, user_error
 
 __all__ = ["CustomBridge"]
 

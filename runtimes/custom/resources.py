@@ -19,11 +19,18 @@ from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 from runtimes.core import CallContext, Resource
+from runtimes.core.usercode import (
+    Progress,
+    UserModule,
+    accepts_progress,
+    call_user,
+    check_json,
+    user_error,
+)
 
 from .base import CustomBase
 from .capture import OutputCapture
 from .errors import BadUserType
-from .usercode import Progress, UserModule, accepts_progress, call_user, check_json, user_error
 
 __all__ = ["ModuleResource", "UserResource", "make_user_type"]
 

@@ -12,7 +12,7 @@ config names the secret it uses. A client holding its own key (the DSPex
 arguments, and lives only in this worker's memory, so it is never stored in
 a resource spec and is gone when the worker is. Keys never appear in a
 result, an info summary, an error or a log record
-(:mod:`runtimes.dspy.redaction`).
+(:mod:`runtimes.core.redaction`).
 
 ``import dspy`` happens in :meth:`DSPyBridge.setup` and in hooks, never at
 import time, so describing this bridge stays fast.
@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from runtimes.core import CallContext, InvalidArgument, command
+from runtimes.core.redaction import install_log_redaction, redact
 from runtimes.wire import metadata as meta
 from runtimes.wire.errors import (
     ConfigError,
@@ -36,7 +37,6 @@ from runtimes.wire.errors import (
 
 from .base import DSPyBase
 from .lms import LM_SCHEMA, LMSpec
-from .redaction import install_log_redaction, redact
 from .resources import (
     DatasetResource,
     LMResource,

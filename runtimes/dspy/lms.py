@@ -4,7 +4,7 @@ An LM config never carries a key. It names the tenant secret that holds one
 (``api_key_secret``), or the provider's conventional name is used
 (``OPENAI_API_KEY`` for ``openai``). Keys therefore live only in the bridge's
 secrets, never in a stored resource spec, a reply, or a log line (framework
-errors and log records pass :func:`runtimes.dspy.redaction.redact`).
+errors and log records pass :func:`runtimes.core.redaction.redact`).
 
 Provider ``dummy`` builds ``dspy.utils.DummyLM`` so programs run offline.
 With ``stream_tokens: true`` it builds a DummyLM subclass whose engine also
@@ -17,9 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from runtimes.core.redaction import redact
 from runtimes.wire.errors import ConfigError, InvalidArgument
-
-from .redaction import redact
 
 # Conventional secret name per provider (the provider prefix of the model).
 PROVIDER_KEYS: dict[str, str] = {

@@ -130,3 +130,25 @@ def test_resource_state_is_kept_across_workers(srv: ServerThread) -> None:
 
             with pytest.raises(NotFound):
                 bob.execute_resource(rid, {})
+
+
+def test_commands_find_resources_their_dead_worker_held(srv: ServerThread) -> None:
+    """A command (not only ExecuteResource) naming a resource works after its worker died, state included."""
+    with MLBridge.connect(srv.target, token=ALICE) as mb:
+        rid = mb.create_resource("mock", "journal", {})
+        assert mb.call("mock", "mock:note", {"journal": rid, "entry": "a"}) == {"entries": 1}
+        pool = srv.orch.pools["mock"]
+        for worker in pool.claimed("alice"):
+            srv.run(pool.retire(worker, "killed by the test"))
+        assert mb.call("mock", "mock:note", {"journal": rid, "entry": "b"}) == {"entries": 2}
+        (worker,) = pool.claimed("alice")
+        assert worker.restored and srv.orch.registry.get("alice", rid).worker_id == worker.id  # type: ignore[union-attr]
+
+
+def test_streamed_calls_keep_state_too(srv: ServerThread) -> None:
+    with MLBridge.connect(srv.target, token=ALICE) as mb:
+        rid = mb.create_resource("mock", "journal", {})
+        events = list(mb.call_stream("mock", "mock:note", {"journal": rid, "entry": "streamed"}))
+        assert events[-1].kind == "result" and events[-1].data == {"entries": 1}
+        stored = srv.orch.registry.get("alice", rid)
+        assert stored is not None and stored.state == '{"entries":["streamed"]}'

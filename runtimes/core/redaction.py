@@ -1,9 +1,10 @@
-"""Keep API keys out of error messages and log records.
+"""Keep API keys out of error messages and log records (for bridges that hold provider keys).
 
 Providers echo keys back (OpenAI's 401 says "Incorrect API key provided:
-sk-..."), DSPy passes that text through, and its optimizers log such errors.
-So every framework error this bridge flattens, and every log record made in
-its process, goes through :func:`redact`: the tenant's secret values (4
+sk-..."), frameworks pass that text through, and some log such errors. So a
+bridge that holds tenant keys sends every framework error it flattens through
+:func:`redact`, and installs :func:`install_log_redaction` for every log
+record made in its process: the tenant's secret values (4
 characters or longer) become ``[redacted]``, and so does anything key-shaped
 (``sk-...``, ``AIza...``, or the word after "API key ...:"), which also
 catches masked forms and keys the tenant never gave us.

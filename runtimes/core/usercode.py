@@ -1,5 +1,8 @@
 """Compiling, loading and calling user code, and turning its failures into errors.
 
+For every bridge that runs code its users send (``custom:run``, code-defined
+LangChain chains and tools).
+
 User source is compiled under a pseudo file name, executed in a fresh module
 (registered in ``sys.modules`` while it is in use, so dataclasses, enums and
 pickling work), and every exception it raises becomes a typed error whose
@@ -16,27 +19,70 @@ import sys
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
-from runtimes.core import CallContext
-from runtimes.wire.errors import MLBridgeError
-
-from .errors import (
-    BadEntryPoint,
-    UserCodeError,
-    UserResultInvalid,
-    UserResultTooLarge,
-    UserSyntaxError,
+from ..wire.errors import (
+    FrameworkError,
+    InvalidArgument,
+    InvalidResult,
+    MLBridgeError,
+    PayloadTooLarge,
 )
+from .context import CallContext
 
 __all__ = [
+    "BadEntryPoint",
     "Progress",
+    "Reasoned",
+    "UserCodeError",
+    "UserResultInvalid",
+    "UserResultTooLarge",
+    "UserSyntaxError",
     "UserModule",
     "accepts_progress",
     "call_user",
     "check_json",
     "user_error",
 ]
+
+class Reasoned:
+    """Mixin: puts the class's ``reason`` first in ``details``."""
+
+    reason: ClassVar[str] = ""
+
+    def __init__(self, message: str = "", *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details={"reason": self.reason, **(details or {})})  # type: ignore[call-arg]
+
+
+class UserSyntaxError(Reasoned, InvalidArgument):
+    """User source does not compile; details carry ``line``, ``offset``, ``text``."""
+
+    reason = "SYNTAX_ERROR"
+
+
+class BadEntryPoint(Reasoned, InvalidArgument):
+    """The source defines no callable ``main`` (or one with an unusable signature)."""
+
+    reason = "NO_MAIN"
+
+
+class UserCodeError(Reasoned, FrameworkError):
+    """User code raised; details carry ``exception_type``, ``traceback`` (user frames only)."""
+
+    reason = "USER_EXCEPTION"
+
+
+class UserResultInvalid(Reasoned, InvalidResult):
+    """User code returned (or yielded) a value that is not JSON-serialisable."""
+
+    reason = "RESULT_NOT_JSON"
+
+
+class UserResultTooLarge(Reasoned, PayloadTooLarge):
+    """User code returned (or yielded) more JSON than the result cap allows."""
+
+    reason = "RESULT_TOO_LARGE"
+
 
 TRACEBACK_MAX_CHARS = 8 * 1024
 MESSAGE_MAX_CHARS = 2 * 1024
