@@ -37,5 +37,9 @@ echo
 echo "== mlbridge call mock mock:echo --args '{\"hello\": \"world\"}'"
 "$PY" -m orchestrator.cli --address "$ADDRESS" call mock mock:echo --args '{"hello": "world"}'
 echo
+echo "== a LangChain chain in its hardened worker (offline fake model), streamed"
+LC_CHAIN='{"runnable": {"prompt": {"template": "Say hi to {name}"}, "model": {"provider": "fake", "responses": ["Hello, Ada!"]}, "parser": "str"}, "input": {"name": "Ada"}}'
+"$PY" -m orchestrator.cli --address "$ADDRESS" call langchain langchain:stream --stream --args "$LC_CHAIN"
+echo
 echo "mlbridge is serving on $ADDRESS; Ctrl-C stops it."
 wait "$SERVE_PID"

@@ -35,7 +35,8 @@ class Client(Protocol):
 
 ADAPTER_GROUP = "mlbridge.adapters"
 # Adapters shipped with mlbridge, by the bridge's own name (an entry point of the same name wins).
-BUILTIN: dict[str, str] = {"dspy": "orchestrator.client.dspy_adapter:DSPyAdapter"}
+BUILTIN: dict[str, str] = {"dspy": "orchestrator.client.dspy_adapter:DSPyAdapter",
+                           "langchain": "orchestrator.client.langchain_adapter:LangChainAdapter"}
 
 
 class Adapter:

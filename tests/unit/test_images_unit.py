@@ -111,7 +111,7 @@ def test_via_follows_markers_and_requested_extras() -> None:
 # -- the shipped recipes ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bridge", ["base", "mock", "custom", "dspy"])
+@pytest.mark.parametrize("bridge", ["base", "mock", "custom", "dspy", "langchain"])
 def test_shipped_locks_are_complete_and_hashed(bridge: str) -> None:
     recipe = ROOT / "images" / bridge
     pkgs = _lock.read_lock(recipe / "requirements.lock")
@@ -126,6 +126,10 @@ def test_shipped_locks_are_complete_and_hashed(bridge: str) -> None:
     if bridge == "dspy":
         assert _lock.pinned_version(pkgs, "dspy") == "3.4.1"
         assert {"litellm", "openai", "pydantic"} <= names
+    if bridge == "langchain":
+        # The image runs what the host's process backend and tests run.
+        for name in ("langchain", "langchain-core", "langgraph", "langchain-openai"):
+            assert _lock.pinned_version(pkgs, name) == metadata.version(name), name
 
 
 def test_base_lock_pins_the_hosts_grpc_and_protobuf() -> None:
@@ -135,7 +139,7 @@ def test_base_lock_pins_the_hosts_grpc_and_protobuf() -> None:
 
 
 def test_known_bridges_and_check_bridge(state: Path) -> None:
-    assert {"mock", "custom", "dspy"} <= set(images.known_bridges())
+    assert {"mock", "custom", "dspy", "langchain"} <= set(images.known_bridges())
     assert "base" not in images.known_bridges()
     with pytest.raises(BridgeNotFound, match="known bridges: .*mock"):
         images.build_images(["no-such-bridge"], client=object())  # type: ignore[arg-type]
