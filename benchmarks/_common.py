@@ -69,12 +69,13 @@ def raw_echo_server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def served_orchestrator(backend: str = "process", extra_env: dict[str, str] | None = None,
-                        state_dir: str | None = None) -> Iterator[str]:
-    """`mlbridge serve` in its own process, yielding its address once it serves."""
+                        state_dir: str | None = None, config: str | None = None) -> Iterator[str]:
+    """`mlbridge serve` in its own process (with ``config``, a config file), yielding its address once it serves."""
     port = free_port()
     env = {**os.environ, **(extra_env or {})}
     env.setdefault("MLBRIDGE_LOG_LEVEL", "WARNING")
     extra = ["--state-dir", state_dir] if state_dir else []
+    extra += ["--config", config] if config else []
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--backend", backend,
                              "--listen", f"127.0.0.1:{port}", *extra], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

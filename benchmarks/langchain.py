@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, free_port, machine, percentiles
+from benchmarks._common import ROOT, machine, percentiles, served_orchestrator
 from orchestrator import MLBridge
 
 REPLY = "The quick brown fox jumps over the lazy dog"
@@ -46,22 +43,8 @@ def served(backend: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(_config(backend, str(Path(tmp) / "state")))
-        port = free_port()
-        env = {**os.environ, "MLBRIDGE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(cfg),
-                                 "--listen", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if "serving" in line:
-                    break
-            else:
-                raise RuntimeError("mlbridge serve exited before serving")
-            yield f"127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(60)
+        with served_orchestrator(backend, {"PYTHONPATH": str(ROOT)}, config=str(cfg)) as address:
+            yield address
 
 
 def in_process_chain() -> Any:
