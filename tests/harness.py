@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
+import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from orchestrator import MLBridgeError
 from orchestrator.api.server import PublicServer
 from orchestrator.app import App
 from orchestrator.config import Config, load_config
 from orchestrator.service import Orchestrator
+from runtimes.core import Bridge
+from runtimes.core.dispatch import Dispatcher
 
 CI = os.environ.get("CI", "").lower() == "true"
 
@@ -105,3 +110,49 @@ class Background:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the background call did not finish"
         return self._exc
+
+
+class InProcessRuntime:
+    """A bridge served by a dispatcher in this process, configured for ``tenant-a``; records every reply.
+
+    ``seen`` holds the text of every result and error, for tests that check
+    nothing secret leaks; ``metadata`` the last reply's metadata.
+    """
+
+    def __init__(self, bridge: Bridge, secrets: dict[str, str] | None = None) -> None:
+        self.bridge = bridge
+        self.bridge.setup()
+        self.d = Dispatcher(self.bridge, max_message_bytes=16 * 1024 * 1024)
+        self.d.configure("tenant-a", secrets or {})
+        self.seen: list[str] = []
+        self.metadata: dict[str, str] = {}
+
+    def call(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "",
+             **fields: Any) -> Any:
+        """The decoded result, or the MLBridgeError the call ended with."""
+        ctx = self.d.make_context(call_id=fields.pop("call_id", uuid.uuid4().hex), command=command,
+                                  resource_id=rid, resource_type=rtype, **fields)
+        out = asyncio.run(self.d.run(ctx, json.dumps(args or {})))
+        self.metadata = out.metadata
+        if out.error is not None:
+            self.seen.append(out.error.flat() + json.dumps(out.error.details))
+            return out.error
+        self.seen.append(out.result)
+        return json.loads(out.result)
+
+    def ok(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "") -> Any:
+        value = self.call(command, args, rid, rtype)
+        assert not isinstance(value, MLBridgeError), value.flat()
+        return value
+
+    def fail(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "",
+             **fields: Any) -> MLBridgeError:
+        value = self.call(command, args, rid, rtype, **fields)
+        assert isinstance(value, MLBridgeError), f"expected an error, got {value!r}"
+        return value
+
+    def create(self, rtype: str, rid: str, config: dict[str, Any]) -> Any:
+        return self.ok("common:create_resource", config, rid, rtype)
+
+    def execute(self, rid: str, inputs: dict[str, Any] | None = None) -> Any:
+        return self.ok("common:execute_resource", inputs or {}, rid)

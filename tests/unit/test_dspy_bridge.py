@@ -28,54 +28,21 @@ import pytest
 
 pytest.importorskip("dspy")
 
-from runtimes.core.dispatch import Dispatcher  # noqa: E402
 from runtimes.dspy import DSPyBridge  # noqa: E402
 from runtimes.wire.errors import MLBridgeError  # noqa: E402
 from runtimes.wire.proto import runtime_pb2 as pb  # noqa: E402
 from runtimes.wire.proto import runtime_pb2_grpc as pb_grpc  # noqa: E402
+from tests.harness import InProcessRuntime
 
 KEY = "sk-test-Zq8TopSecretKeyValue-0042"
 MASKED = "sk-test-****0042"
 
 
-class Runtime:
+class Runtime(InProcessRuntime):
     """A dspy runtime in this process; records every reply to check for leaks."""
 
     def __init__(self, secrets: dict[str, str] | None = None) -> None:
-        self.bridge = DSPyBridge()
-        self.bridge.setup()
-        self.d = Dispatcher(self.bridge, max_message_bytes=16 * 1024 * 1024)
-        self.d.configure("tenant-a", secrets or {})
-        self.seen: list[str] = []
-
-    def _ctx(self, command: str, rid: str, rtype: str, emit: Any = None) -> Any:
-        return self.d.make_context(call_id=uuid.uuid4().hex, command=command, resource_id=rid,
-                                   resource_type=rtype, emit=emit)
-
-    def call(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "") -> Any:
-        """The decoded result, or the MLBridgeError the call ended with."""
-        out = asyncio.run(self.d.run(self._ctx(command, rid, rtype), json.dumps(args or {})))
-        if out.error is not None:
-            self.seen.append(out.error.flat() + json.dumps(out.error.details))
-            return out.error
-        self.seen.append(out.result)
-        return json.loads(out.result)
-
-    def ok(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "") -> Any:
-        value = self.call(command, args, rid, rtype)
-        assert not isinstance(value, MLBridgeError), value.flat()
-        return value
-
-    def fail(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "") -> MLBridgeError:
-        value = self.call(command, args, rid, rtype)
-        assert isinstance(value, MLBridgeError), f"expected an error, got {value!r}"
-        return value
-
-    def create(self, rtype: str, rid: str, config: dict[str, Any]) -> Any:
-        return self.ok("common:create_resource", config, rid, rtype)
-
-    def execute(self, rid: str, inputs: dict[str, Any] | None = None) -> Any:
-        return self.ok("common:execute_resource", inputs or {}, rid)
+        super().__init__(DSPyBridge(), secrets)
 
     def stream(self, rid: str, inputs: dict[str, Any] | None = None) -> tuple[list[Any], list[Any], Any]:
         """(chunks, progress, final result or error) of a streaming execute."""

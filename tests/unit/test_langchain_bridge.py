@@ -26,9 +26,9 @@ import pytest
 
 pytest.importorskip("langchain")
 
-from runtimes.core.dispatch import Dispatcher  # noqa: E402
 from runtimes.langchain import LangChainBridge  # noqa: E402
 from runtimes.wire.errors import MLBridgeError  # noqa: E402
+from tests.harness import InProcessRuntime  # noqa: E402
 
 KEY = "sk-test-Lc7TopSecretKeyValue-0099"
 ADD_TOOL = "@tool\ndef add(a: int, b: int) -> int:\n    '''Add two integers.'''\n    return a + b\n"
@@ -101,46 +101,11 @@ class OpenAIStub:
         self._thread.join(5)
 
 
-class Runtime:
+class Runtime(InProcessRuntime):
     """A langchain runtime in this process; records every reply to check for leaks."""
 
     def __init__(self, secrets: dict[str, str] | None = None) -> None:
-        self.bridge = LangChainBridge()
-        self.bridge.setup()
-        self.d = Dispatcher(self.bridge, max_message_bytes=16 * 1024 * 1024)
-        self.d.configure("tenant-a", secrets or {})
-        self.seen: list[str] = []
-        self.metadata: dict[str, str] = {}
-
-    def call(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "",
-             **fields: Any) -> Any:
-        """The decoded result, or the MLBridgeError the call ended with."""
-        ctx = self.d.make_context(call_id=fields.pop("call_id", uuid.uuid4().hex), command=command,
-                                  resource_id=rid, resource_type=rtype, **fields)
-        out = asyncio.run(self.d.run(ctx, json.dumps(args or {})))
-        self.metadata = out.metadata
-        if out.error is not None:
-            self.seen.append(out.error.flat() + json.dumps(out.error.details))
-            return out.error
-        self.seen.append(out.result)
-        return json.loads(out.result)
-
-    def ok(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "") -> Any:
-        value = self.call(command, args, rid, rtype)
-        assert not isinstance(value, MLBridgeError), value.flat()
-        return value
-
-    def fail(self, command: str, args: dict[str, Any] | None = None, rid: str = "", rtype: str = "",
-             **fields: Any) -> MLBridgeError:
-        value = self.call(command, args, rid, rtype, **fields)
-        assert isinstance(value, MLBridgeError), f"expected an error, got {value!r}"
-        return value
-
-    def create(self, rtype: str, rid: str, config: dict[str, Any]) -> Any:
-        return self.ok("common:create_resource", config, rid, rtype)
-
-    def execute(self, rid: str, inputs: dict[str, Any]) -> Any:
-        return self.ok("common:execute_resource", inputs, rid)
+        super().__init__(LangChainBridge(), secrets)
 
     def stream(self, command: str, args: dict[str, Any], rid: str = "",
                answer: Callable[[dict[str, Any]], Any] | None = None,
