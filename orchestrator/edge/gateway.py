@@ -41,6 +41,10 @@ class Gateway:
         self._visible = visible_bridges
         self._scoped_stats = scoped_stats
 
+    def _code(self, args_json: str) -> str | None:
+        """The SHA-256 of submitted code, for the audit log: parsed only when the edge has steps to use it."""
+        return code_hash(args_json) if self.edge.steps else None
+
     @property
     def default_bridge(self) -> str:
         return self.service.config.default_bridge
@@ -83,7 +87,7 @@ class Gateway:
                    attachments: dict[str, bytes] | None = None, call_id: str = "",
                    timeout_s: float | None = None) -> Reply:
         req = Request(caller, "Call", "call", bridge=self.service.route_bridge(bridge, command), command=command,
-                      payload_bytes=payload_size(args_json, attachments), code_sha256=code_hash(args_json),
+                      payload_bytes=payload_size(args_json, attachments), code_sha256=self._code(args_json),
                       call_id=call_id, timeout_s=timeout_s)
         return await self.edge.run(req, lambda r: self.service.call(
             caller, bridge, command, args_json, attachments, call_id, r.timeout_s))
@@ -93,7 +97,7 @@ class Gateway:
                     timeout_s: float | None = None) -> AsyncIterator[Event]:
         req = Request(caller, "CallStream", "call", bridge=self.service.route_bridge(bridge, command),
                       command=command, payload_bytes=payload_size(args_json, attachments),
-                      code_sha256=code_hash(args_json), call_id=call_id, timeout_s=timeout_s)
+                      code_sha256=self._code(args_json), call_id=call_id, timeout_s=timeout_s)
         return self.edge.stream(req, lambda r: self.service.call_stream(
             caller, bridge, command, args_json, attachments, call_id, r.timeout_s))
 
@@ -119,7 +123,7 @@ class Gateway:
                               call_id: str = "", timeout_s: float | None = None) -> tuple[str, str]:
         req = Request(caller, "CreateResource", "create_resource", bridge=bridge or self.default_bridge,
                       resource_type=type_, resource_id=resource_id or None,
-                      payload_bytes=payload_size(config_json, attachments), code_sha256=code_hash(config_json),
+                      payload_bytes=payload_size(config_json, attachments), code_sha256=self._code(config_json),
                       call_id=call_id, timeout_s=timeout_s)
         return await self.edge.run(req, lambda r: self.service.create_resource(
             caller, bridge, type_, config_json, attachments, resource_id, call_id, r.timeout_s))
