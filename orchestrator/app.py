@@ -5,7 +5,8 @@ Built from a :class:`~orchestrator.config.Config`, in dependency order:
 - the backend (by entry point), the registry (SQLite under ``state_dir``);
 - the policy (or none) and the audit log (or none);
 - egress control, when the policy grants allowlists;
-- the claim pipeline (tenant limits, secrets, egress, Configure, replay, naming);
+- the model catalog over the model store, when a bridge loads models;
+- the claim pipeline (tenant limits, secrets, egress, models, Configure, replay, naming);
 - the domain service with its pools, whose worker events the audit log and
   egress control hear;
 - the edge and the gateway in front of the service, the authenticator in
@@ -29,6 +30,7 @@ from .compat.dspex import DSPexFacade
 from .config import Config
 from .edge import Authenticator, Gateway, build_gateway
 from .egressctl import EgressControl
+from .models import ModelCatalog, ModelStore
 from .policy import Policy, load_policy
 from .registry import Registry
 from .service import Orchestrator
@@ -57,14 +59,17 @@ class App:
         self.audit = audit or (AuditLog(config.audit_log) if config.audit_log else None)
         registry = Registry(Path(config.state_dir) / "registry.sqlite")
         self.egress = EgressControl(config, self.policy, self.backend, self.audit) if self.policy else None
-        claims = ClaimPipeline(self.backend, registry, self.policy or NO_SETTINGS, egress=self.egress,
+        tenants = self.policy or NO_SETTINGS
+        self.models = (ModelCatalog(ModelStore(config.model_store_path), tenants, self.backend)
+                       if any(b.models for b in config.bridges.values()) else None)
+        claims = ClaimPipeline(self.backend, registry, tenants, egress=self.egress, models=self.models,
                                on_secrets=self.audit.redact_values if self.audit else None)
         listeners: list[Any] = []
         if self.audit is not None:
             listeners.append(self._audit_worker_event)
         if self.egress is not None:
             listeners.append(self.egress.on_worker_event)
-        self.service = Orchestrator(config, self.backend, registry, claims, listeners=listeners)
+        self.service = Orchestrator(config, self.backend, registry, claims, listeners=listeners, exports=self.models)
         self.gateway: Gateway
         self.authenticate: Authenticator
         self.gateway, self.authenticate = build_gateway(self.service, self.policy, self.audit)

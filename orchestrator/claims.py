@@ -11,15 +11,18 @@ this order, before any call of that tenant reaches the worker:
 3. **egress**: with an allowlist for this tenant and bridge, the worker joins
    the egress network and is registered with the proxy; it gets the proxy's
    address as ``HTTPS_PROXY`` and friends;
-4. **configure**: the ``Configure`` RPC hands the worker its tenant, secrets
-   and proxy environment; from now on it serves only that tenant;
-5. **replay**: the tenant's replayable calls (registered types, a default LM)
+4. **models**: for a bridge with ``models: true``, the model-store models the
+   tenant may load are mounted into the worker read-only, and described
+   (names, hashes, every file's sha256) for step 5;
+5. **configure**: the ``Configure`` RPC hands the worker its tenant, secrets,
+   proxy environment and models; from now on it serves only that tenant;
+6. **replay**: the tenant's replayable calls (registered types, a default LM)
    run again on this worker, under the limits of step 1 and with the secrets
    and network of steps 2 and 3;
 6. **naming**: the engine's own tools learn the tenant (a container is
    renamed), in the background, off the claim's path.
 
-A failure in steps 1 to 4 fails the claim (the pool retires the worker);
+A failure in steps 1 to 5 fails the claim (the pool retires the worker);
 a replayed call that fails is logged and the claim goes on; naming failures
 are logged. Where the tenant's settings come from (a policy, or nothing) is
 the :class:`TenantSettings` given to the pipeline; the pool knows none of it.
@@ -41,10 +44,10 @@ from .worker import Worker
 
 log = logging.getLogger("mlbridge.claims")
 
-__all__ = ["NO_SETTINGS", "STEPS", "ClaimPipeline", "EgressAttach", "NoSettings", "TenantSettings"]
+__all__ = ["NO_SETTINGS", "STEPS", "ClaimPipeline", "EgressAttach", "ModelGrants", "NoSettings", "TenantSettings"]
 
 #: The steps of a claim, in the order they run.
-STEPS = ("limits", "secrets", "egress", "configure", "replay", "naming")
+STEPS = ("limits", "secrets", "egress", "models", "configure", "replay", "naming")
 
 Background = Callable[[Coroutine[Any, Any, None], str], None]
 
@@ -64,6 +67,10 @@ class TenantSettings(Protocol):
         """The tenant's values of the ``declared`` secret names for ``bridge``."""
         ...
 
+    def model_allowed(self, tenant: str, model: str) -> bool:
+        """Whether the tenant may load the operator's model ``model``."""
+        ...
+
 
 class NoSettings:
     """Tenants with no settings of their own (no policy): the operator's limits, no secrets."""
@@ -77,8 +84,19 @@ class NoSettings:
     def secrets_for(self, tenant: str, bridge: str, declared: Iterable[str]) -> dict[str, str]:
         return {}
 
+    def model_allowed(self, tenant: str, model: str) -> bool:
+        return True
+
 
 NO_SETTINGS = NoSettings()
+
+
+class ModelGrants(Protocol):
+    """Mounts a tenant's models into a claimed worker (:class:`orchestrator.models.ModelCatalog`)."""
+
+    async def grant(self, tenant: str, worker: Worker) -> tuple[list[rpb.ModelGrant], str]:
+        """The grants to configure, and the worker's export directory ("" for none)."""
+        ...
 
 
 class EgressAttach(Protocol):
@@ -97,16 +115,18 @@ class ClaimPipeline:
         registry: where the tenant's replayable calls are kept.
         tenants: the tenants' limits and secrets.
         egress: attaches workers of tenants with an allowlist; None when no allowlist is served.
+        models: mounts models into workers of bridges with ``models: true``; None: no model store.
         on_secrets: told every secret value handed out (the audit log redacts them).
     """
 
     def __init__(self, backend: Backend, registry: Registry, tenants: TenantSettings, *,
-                 egress: EgressAttach | None = None,
+                 egress: EgressAttach | None = None, models: ModelGrants | None = None,
                  on_secrets: Callable[[Iterable[str]], None] | None = None) -> None:
         self.backend = backend
         self.registry = registry
         self.tenants = tenants
         self.egress = egress
+        self.models = models
         self.on_secrets = on_secrets
         self._declared: dict[str, frozenset[str]] = {}
 
@@ -119,7 +139,11 @@ class ClaimPipeline:
         await self._limits(worker, tenant, cfg)
         secrets = await self._secrets(worker, tenant, cfg)
         env = await self.egress.attach(tenant, worker) if self.egress is not None else {}
-        await worker.configure(tenant, secrets, env)
+        grants: list[rpb.ModelGrant] = []
+        export_dir = ""
+        if cfg.models and self.models is not None:
+            grants, export_dir = await self.models.grant(tenant, worker)
+        await worker.configure(tenant, secrets, env, grants, export_dir)
         await self._replay(worker, tenant)
         background(self.backend.mark_tenant(worker.handle, tenant), f"name {worker.id} after its tenant")
 

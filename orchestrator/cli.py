@@ -18,7 +18,8 @@ from runtimes.wire.metadata import DEPRECATED
 from .client import MLBridge
 
 # Subcommand groups living in their own modules; each exposes register(subparsers).
-_EXTENSIONS = ("orchestrator.images.cli", "orchestrator.policy.cli", "orchestrator.audit_cli", "orchestrator.port")
+_EXTENSIONS = ("orchestrator.images.cli", "orchestrator.policy.cli", "orchestrator.audit_cli", "orchestrator.port",
+               "orchestrator.models.cli")
 
 
 def _client(args: argparse.Namespace) -> MLBridge:

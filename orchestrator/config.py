@@ -135,6 +135,15 @@ class BridgeConfig(BaseModel):
         "a claimed worker unused this long is released (destroyed); its tenant's resources are "
         "re-created from their specs on next use"))
     adapter: str | None = Field(None, description="client adapter import string (module:Class)")
+    models: bool = Field(False, description=(
+        "give claimed workers the model-store models their tenant may load (read-only) and an export directory"))
+    export_size: str = Field("512m", description="size cap of a worker's export directory (models: true)")
+
+    @field_validator("export_size")
+    @classmethod
+    def _export_size(cls, v: str) -> str:
+        parse_size(v)
+        return v
 
 
 class Config(BaseModel):
@@ -153,10 +162,15 @@ class Config(BaseModel):
     policy: Path | None = Field(None, description="policy file; none means single-tenant, all allowed")
     audit_log: Path | None = Field(None, description="append-only audit log (JSON lines)")
     tls: TLSConfig | None = Field(None, description="serve the public API over TLS (and mTLS with client_ca)")
+    model_store: Path | None = Field(None, description="the model store's directory; default <state_dir>/models")
     bridges: dict[str, BridgeConfig] = Field(default_factory=dict)
 
     def bridge(self, name: str) -> BridgeConfig:
         return self.bridges[name]
+
+    @property
+    def model_store_path(self) -> Path:
+        return self.model_store if self.model_store is not None else self.state_dir / "models"
 
 
 def default_state_dir() -> Path:

@@ -16,9 +16,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from runtimes.wire import metadata as meta
 from runtimes.wire.errors import (
@@ -44,7 +44,7 @@ from .worker import Worker
 
 log = logging.getLogger("mlbridge.orchestrator")
 
-__all__ = ["Caller", "Event", "Orchestrator", "new_call_id"]
+__all__ = ["Caller", "Event", "ExportSink", "Orchestrator", "new_call_id"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 # Resource commands go through CreateResource/ExecuteResource/DeleteResource so
@@ -72,6 +72,14 @@ class Caller:
     max_workers: int = 0
 
 
+class ExportSink(Protocol):
+    """Takes models a worker exported into the model store (:class:`orchestrator.models.ModelCatalog`)."""
+
+    async def import_exports(self, tenant: str, worker: Worker, metadata: Mapping[str, str]) -> Any:
+        """Import what ``metadata`` (a reply's) lists as exported by ``worker``, as ``tenant``'s models."""
+        ...
+
+
 def new_call_id() -> str:
     return uuid.uuid4().hex
 
@@ -92,12 +100,13 @@ class Orchestrator:
     """
 
     def __init__(self, config: Config, backend: Backend, registry: Registry, claims: ClaimPipeline, *,
-                 listeners: Sequence[Listener] = ()) -> None:
+                 listeners: Sequence[Listener] = (), exports: ExportSink | None = None) -> None:
         self.config = config
         self.id = uuid.uuid4().hex[:12]
         self.backend = backend
         self.registry = registry
         self.claims = claims
+        self.exports = exports
         self.listeners: tuple[Listener, ...] = (_log_event, *listeners)
         self.runner = CallRunner()
         self.pools: dict[str, Pool] = {}
@@ -310,6 +319,7 @@ class Orchestrator:
                                                       self._timeout(pool, timeout_s)))
         if reply.metadata:
             self._note_effects(caller, pool, command, args_json, reply)
+            await self._import_exports(caller, worker, reply)
         return reply
 
     async def call_stream(self, caller: Caller, bridge: str, command: str, args_json: str = "",
@@ -324,6 +334,7 @@ class Orchestrator:
                                                                            self._timeout(pool, timeout_s))):
             if kind == "final" and payload.metadata:
                 self._note_effects(caller, pool, command, args_json, payload)
+                await self._import_exports(caller, worker, payload)
             yield kind, payload
 
     async def cancel(self, caller: Caller, call_id: str) -> bool:
@@ -401,6 +412,7 @@ class Orchestrator:
         req = self._request("common:execute_resource", inputs_json, attachments, call_id, resource=rec)
         reply = await self._counted(self.runner.unary(caller.tenant, pool, worker, req, self._timeout(pool, timeout_s)))
         self._note_resources(caller, pool, reply)
+        await self._import_exports(caller, worker, reply)
         return reply
 
     async def execute_resource_stream(self, caller: Caller, resource_id: str, inputs_json: str = "",
@@ -413,7 +425,16 @@ class Orchestrator:
                 caller.tenant, pool, worker, req, self._timeout(pool, timeout_s))):
             if kind == "final":
                 self._note_resources(caller, pool, payload)
+                await self._import_exports(caller, worker, payload)
             yield kind, payload
+
+    async def _import_exports(self, caller: Caller, worker: Worker, reply: Reply) -> None:
+        """Take the models the worker exported into the model store, before the reply goes out."""
+        if meta.EXPORTED_MODELS not in reply.metadata:
+            return
+        if self.exports is None:
+            raise InvalidArgument("this orchestrator has no model store to export models to")
+        await self.exports.import_exports(caller.tenant, worker, reply.metadata)
 
     def _note_resources(self, caller: Caller, pool: Pool, reply: Reply) -> None:
         """Record resources a handler created, and keep the states of those a call changed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,10 +130,12 @@ class Worker:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    async def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None) -> None:
-        """Hand the worker to ``tenant`` with its secrets and proxy ``env`` (HTTPS_PROXY and the like)."""
+    async def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None,
+                        models: Sequence[rpb.ModelGrant] = (), export_dir: str = "") -> None:
+        """Hand the worker to ``tenant`` with its secrets, proxy ``env`` (HTTPS_PROXY and the like) and models."""
         assert self.stub is not None
-        await self.stub.Configure(rpb.ConfigureRequest(tenant=tenant, secrets=secrets, env=env or {}), timeout=10)
+        await self.stub.Configure(rpb.ConfigureRequest(tenant=tenant, secrets=secrets, env=env or {},
+                                                       models=list(models), export_dir=export_dir), timeout=10)
         self.tenant = tenant
 
     async def describe(self) -> rpb.DescribeReply:

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from orchestrator.api.server import PublicServer
 from orchestrator.app import App
 from orchestrator.config import Config, load_config
 from orchestrator.service import Orchestrator
-from runtimes.core import Bridge
+from runtimes.core import Bridge, ModelGrant
 from runtimes.core.dispatch import Dispatcher
 
 CI = os.environ.get("CI", "").lower() == "true"
@@ -119,11 +119,12 @@ class InProcessRuntime:
     nothing secret leaks; ``metadata`` the last reply's metadata.
     """
 
-    def __init__(self, bridge: Bridge, secrets: dict[str, str] | None = None) -> None:
+    def __init__(self, bridge: Bridge, secrets: dict[str, str] | None = None,
+                 models: Iterable[ModelGrant] = (), export_dir: str = "") -> None:
         self.bridge = bridge
         self.bridge.setup()
         self.d = Dispatcher(self.bridge, max_message_bytes=16 * 1024 * 1024)
-        self.d.configure("tenant-a", secrets or {})
+        self.d.configure("tenant-a", secrets or {}, None, models, export_dir)
         self.seen: list[str] = []
         self.metadata: dict[str, str] = {}
 

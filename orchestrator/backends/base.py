@@ -20,6 +20,7 @@ import abc
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import grpc
@@ -36,6 +37,7 @@ __all__ = [
     "ExitInfo",
     "SupportsEgress",
     "SupportsGpus",
+    "SupportsModels",
     "WorkerHandle",
     "WorkerLimits",
     "WorkerSpec",
@@ -242,4 +244,24 @@ class SupportsGpus(Protocol):
         Raises:
             ConfigError: naming the unknown ids and the inventory.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsModels(Protocol):
+    """A backend that can give a claimed worker models of the model store, read-only, and an export directory.
+
+    Only workers of bridges configured with ``models: true`` get them.
+    """
+
+    async def grant_models(self, handle: WorkerHandle, objects: Path, hashes: list[str]) -> dict[str, str]:
+        """Make the store objects ``hashes`` (under ``objects``) readable by the worker.
+
+        Returns:
+            hash -> the model directory's path as the worker sees it.
+        """
+        ...
+
+    def export_dir(self, handle: WorkerHandle) -> tuple[str, Path] | None:
+        """(the path the worker writes exports to, the same directory on the host); None when it has none."""
         ...

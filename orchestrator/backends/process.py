@@ -140,5 +140,15 @@ class ProcessBackend(Backend):
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    async def grant_models(self, handle: WorkerHandle, objects: Path, hashes: list[str]) -> dict[str, str]:
+        """The store's own directories: a subprocess reads the host's files (nothing is isolated here)."""
+        return {h: str(objects / h) for h in hashes}
+
+    def export_dir(self, handle: WorkerHandle) -> tuple[str, Path] | None:
+        assert isinstance(handle.channel, UnixSocketChannel)
+        path = handle.channel.socket_dir / "export"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return str(path), path
+
     async def close(self) -> None:
         self.sockets.close()

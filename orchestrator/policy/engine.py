@@ -209,6 +209,7 @@ class Policy:
                 "anonymous": "default",
                 "defaults": {
                     "bridges": "*",
+                    "models": "*",
                     "rules": [{"name": "permissive", "effect": "allow"}],
                     "quotas": dict.fromkeys(QuotaSettings.model_fields),
                     "limits": {"call_timeout_s": PERMISSIVE_CALL_TIMEOUT_S},
@@ -327,6 +328,11 @@ class Policy:
         """Whether the tenant's ``bridges`` list admits ``bridge``."""
         globs = self._pick(tenant, "bridges") or []
         return any(fnmatchcase(bridge.lower(), g) for g in globs)
+
+    def model_allowed(self, tenant: str, model: str) -> bool:
+        """Whether the tenant's ``models`` list admits the operator's model ``model`` (case-sensitive globs)."""
+        globs = self._pick(tenant, "models") or []
+        return any(fnmatchcase(model, g) for g in globs)
 
     def visible_bridges(self, tenant: str, names: Iterable[str]) -> list[str]:
         """The subset of ``names`` the tenant may use, for ``ListBridges``."""

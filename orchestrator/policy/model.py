@@ -61,6 +61,7 @@ NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 PRINCIPAL_RE = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 RULE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 GLOB_RE = r"^[a-z0-9_.*?\[\]!-]{1,64}$"
+MODEL_GLOB_RE = r"^[A-Za-z0-9_.*?\[\]!-]{1,100}$"
 COMMAND_GLOB_RE = r"^[a-z0-9_.*?\[\]!-]{1,64}:[a-z0-9_.*?\[\]!-]{1,64}$|^\*$"
 DIGEST_RE = r"^sha256:[0-9a-f]{64}$"
 ENV_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -73,6 +74,7 @@ PATTERN_HINTS = {
     PRINCIPAL_RE: "a principal name of letters, digits, '_', '.', '@' and '-'",
     RULE_NAME_RE: "a rule name of letters, digits, '_', '.' and '-'",
     GLOB_RE: "a lowercase name or glob such as 'dspy' or 'lang*'",
+    MODEL_GLOB_RE: "a model name or glob such as 'tiny-bert' or 'bert-*'",
     COMMAND_GLOB_RE: "a command glob 'namespace:operation' such as 'custom:*' or 'common:ping'",
     DIGEST_RE: (
         "a token digest 'sha256:<64 lowercase hex digits>', never a plain token "
@@ -87,6 +89,7 @@ BridgeKey = Annotated[str, StringConstraints(pattern=NAME_RE + r"|^\*$")]
 PrincipalName = Annotated[str, StringConstraints(pattern=PRINCIPAL_RE)]
 RuleName = Annotated[str, StringConstraints(pattern=RULE_NAME_RE)]
 Glob = Annotated[str, StringConstraints(pattern=GLOB_RE)]
+ModelGlob = Annotated[str, StringConstraints(pattern=MODEL_GLOB_RE)]
 CommandGlob = Annotated[str, StringConstraints(pattern=COMMAND_GLOB_RE)]
 TokenDigest = Annotated[str, StringConstraints(pattern=DIGEST_RE)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_RE)]
@@ -233,13 +236,15 @@ class Settings(_Strict):
     """What a tenant may do and use; every key is optional and inherited when left out."""
 
     bridges: list[Glob] | None = None
+    #: Models of the model store (added by the operator) the tenant may load; its own exports always.
+    models: list[ModelGlob] | None = None
     rules: list[Rule] | None = None
     quotas: QuotaSettings | None = None
     limits: LimitSettings | None = None
     network: dict[BridgeKey, NetworkSettings] | None = None
     secrets: dict[Name, dict[EnvName, SecretSource]] | None = None
 
-    @field_validator("bridges", mode="before")
+    @field_validator("bridges", "models", mode="before")
     @classmethod
     def _star(cls, value: Any) -> Any:
         return ["*"] if value == "*" else value

@@ -17,6 +17,7 @@ from ..wire.errors import (
 )
 from .bridge import Bridge, CommandSpec, Resource, command
 from .context import CallContext
+from .grants import ModelGrant, export_model, find_model
 from .loader import ENTRY_POINT_GROUP, load_bridge_class
 from .store import ResourceStore
 
@@ -30,10 +31,13 @@ __all__ = [
     "FrameworkError",
     "InvalidArgument",
     "MLBridgeError",
+    "ModelGrant",
     "NotFound",
     "Resource",
     "ResourceStore",
     "UnknownCommand",
     "command",
+    "export_model",
+    "find_model",
     "load_bridge_class",
 ]

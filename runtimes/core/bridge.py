@@ -25,10 +25,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..wire.errors import FrameworkError, InvalidArgument, MLBridgeError, flatten_exception
 from .context import CallContext
+from .grants import ModelGrant
 from .store import ResourceStore
 
 __all__ = ["Bridge", "CommandSpec", "Resource", "command"]
@@ -157,6 +159,10 @@ class Bridge:
             raise TypeError(f"{type(self).__name__}.name must be a non-empty namespace without ':'")
         self.tenant = ""
         self.secrets: dict[str, str] = {}
+        #: The store's models this worker's tenant may load, by name (set at configure).
+        self.models: dict[str, ModelGrant] = {}
+        #: Where this worker may write models for the orchestrator to import (None: it may not).
+        self.export_dir: Path | None = None
         #: The resources this worker holds; handlers add, look up and remove through it.
         self.resources: ResourceStore[Resource] = ResourceStore()
         self._types: dict[str, type[Resource]] = {t.type_name: t for t in self.resource_types}

@@ -61,6 +61,14 @@ class CommonCommands:
     def get_stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.d.stats()
 
+    @command("list_models", description="Models of the model store this tenant may load here "
+                                        "(name, hash, size), and whether this worker can export models",
+             inline=True)
+    def list_models(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        bridge = self.d.bridge
+        return {"models": [m.describe() for _, m in sorted(bridge.models.items())],
+                "can_export": bridge.export_dir is not None}
+
     @command("list_resources", description="Resources held by this worker", schema=_TYPE_FILTER_SCHEMA, inline=True)
     def list_resources(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         store = self.d.bridge.resources

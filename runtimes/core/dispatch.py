@@ -17,9 +17,10 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..wire import metadata as meta
@@ -36,6 +37,7 @@ from ..wire.version import __version__
 from . import common
 from .bridge import Bridge, CommandSpec, dist_version
 from .context import CallContext
+from .grants import ModelGrant
 from .jsonio import check_schema
 
 log = logging.getLogger("mlbridge.runtime")
@@ -165,7 +167,8 @@ class Dispatcher:
             "bridge_stats": self.bridge.stats(),
         }
 
-    def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None) -> None:
+    def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None,
+                  models: Iterable[ModelGrant] = (), export_dir: str = "") -> None:
         """Hand the worker its tenant, secrets and proxy environment (see :data:`CONFIGURE_ENV`).
 
         ``env`` is set in this process's ``os.environ`` before the bridge's
@@ -185,6 +188,8 @@ class Dispatcher:
             if any(c in value for c in "\0\r\n"):
                 raise ConfigError(f"environment variable {key} holds a NUL or line break")
         os.environ.update(env or {})
+        self.bridge.models = {m.name: m for m in models}
+        self.bridge.export_dir = Path(export_dir) if export_dir else None
         self.bridge.configure(tenant, secrets)
         self.configured = True
 

@@ -11,6 +11,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from ..wire.proto import runtime_pb2 as pb
 from ..wire.proto import runtime_pb2_grpc as pb_grpc
 from .bridge import Bridge
 from .dispatch import Dispatcher, Outcome
+from .grants import ModelGrant
 from .loader import load_bridge_class
 
 log = logging.getLogger("mlbridge.runtime")
@@ -154,7 +156,8 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
 
     async def Configure(self, request: pb.ConfigureRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ConfigureReply:
         try:
-            self.d.configure(request.tenant, dict(request.secrets), dict(request.env))
+            models = [ModelGrant(m.name, m.hash, Path(m.path), dict(m.files), m.size_bytes) for m in request.models]
+            self.d.configure(request.tenant, dict(request.secrets), dict(request.env), models, request.export_dir)
         except MLBridgeError as err:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, err.message)
         return pb.ConfigureReply()

@@ -177,6 +177,12 @@ class ImageMismatch(ConfigError):
     code = "IMAGE_MISMATCH"
 
 
+class ArtifactMismatch(ConfigError):
+    """A model's files differ from the sha256 the model store recorded; it is not loaded."""
+
+    code = "ARTIFACT_MISMATCH"
+
+
 class InternalError(MLBridgeError):
     code = "INTERNAL"
 
@@ -214,6 +220,7 @@ GRPC_STATUS: dict[str, str] = {
     "OUT_OF_MEMORY": "RESOURCE_EXHAUSTED",
     "FAILED_PRECONDITION": "FAILED_PRECONDITION",
     "IMAGE_MISMATCH": "FAILED_PRECONDITION",
+    "ARTIFACT_MISMATCH": "FAILED_PRECONDITION",
     "INTERNAL": "INTERNAL",
 }
 assert set(GRPC_STATUS) == set(_BY_CODE), "every error code needs a gRPC status"

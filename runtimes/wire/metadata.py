@@ -16,6 +16,12 @@ RESOURCE_STATES: JSON object of resource id -> state, set by the runtime after
     a call that changed resources whose state the orchestrator keeps
     (``Resource.snapshot``); stored with the resource's spec before the reply
     goes out and handed back when the resource is re-created.
+EXPORTED_MODELS: JSON list of ``{"name", "hash", "dir"}``: models a handler
+    wrote under the worker's export directory (``dir`` relative to it) for the
+    orchestrator to import into its model store under ``name``; the
+    orchestrator re-hashes the files and refuses a hash that differs.
+BATCH_SIZE: the number of requests served by the model invocation that
+    answered this call (adaptive batching), set by a bridge that batches.
 DEPRECATED: a sentence naming the replacement of a deprecated command.
 """
 
@@ -26,4 +32,6 @@ REPLAY_CLEAR = "mlbridge-replay-clear"
 CREATED_RESOURCES = "mlbridge-created-resources"
 DELETED_RESOURCES = "mlbridge-deleted-resources"
 RESOURCE_STATES = "mlbridge-resource-states"
+EXPORTED_MODELS = "mlbridge-exported-models"
+BATCH_SIZE = "mlbridge-batch-size"
 DEPRECATED = "mlbridge-deprecated"

@@ -86,7 +86,7 @@ def _at_rest(srv: ServerThread, bridge: str = "custom") -> None:
 
 
 def test_claim_steps_are_in_the_documented_order() -> None:
-    assert STEPS == ("limits", "secrets", "egress", "configure", "replay", "naming")
+    assert STEPS == ("limits", "secrets", "egress", "models", "configure", "replay", "naming")
 
 
 def test_replayed_code_runs_under_the_tenants_lower_limits(srv: ServerThread) -> None:

@@ -263,3 +263,27 @@ def test_split_feeds_the_low_level_api(tmp_path: Path) -> None:
 def test_split_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown container setting"):
         split_run_kwargs({"bogus": 1})
+
+
+def test_models_mount_read_only_with_propagation_and_an_export_dir(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, models=True, limits={"gpus": ["1"]})
+    kw = render_run_kwargs(spec, IMAGE, tmp_path / "w-1", gpu_inventory=INVENTORY,
+                           model_dirs=(tmp_path / "w-1.m", tmp_path / "w-1.x", True))
+    by_target = {m["Target"]: m for m in kw["mounts"]}
+    assert set(by_target) == {SOCKET_MOUNT, "/models", "/export"}
+    models = by_target["/models"]
+    assert models["ReadOnly"] is True and models["Source"] == str(tmp_path / "w-1.m")
+    assert models["BindOptions"] == {"Propagation": "rslave"}  # models mounted at claim appear inside
+    assert by_target["/export"]["ReadOnly"] is False
+    assert kw["device_requests"][0]["DeviceIDs"] == ["1"]  # a GPU by id, beside the models
+
+
+def test_models_mount_without_propagation_when_the_host_cannot_mount(tmp_path: Path) -> None:
+    kw = render_run_kwargs(make_spec(tmp_path, models=True), IMAGE, tmp_path / "w-1",
+                           model_dirs=(tmp_path / "objects", tmp_path / "w-1.x", False))
+    models = next(m for m in kw["mounts"] if m["Target"] == "/models")
+    assert models["ReadOnly"] is True and "BindOptions" not in models
+
+
+def test_no_models_no_extra_mounts(tmp_path: Path) -> None:
+    assert [m["Target"] for m in render(tmp_path)["mounts"]] == [SOCKET_MOUNT]

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 
 import docker
 
-from orchestrator.config import BridgeConfig, Config
+from orchestrator.config import BridgeConfig, Config, parse_size
 from orchestrator.images import check_image_id, image_tag
 from runtimes.wire.errors import ConfigError, MLBridgeError, Unavailable
 
@@ -46,6 +47,7 @@ from ..base import (
     WorkerSpec,
 )
 from ..gpus import GpuInventory, detect_gpus
+from ..mounts import EXPORT_MOUNT, MODELS_MOUNT, ModelMounts
 from ..unix import SocketRoot, UnixSocketChannel, mount_tmpfs, worker_tmpfs_options
 from .egress import EgressNetwork
 from .engine import Engine
@@ -128,7 +130,8 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
 
     def __init__(self, *, client: docker.DockerClient | None = None,
                  gpu_inventory: GpuInventory | None = None, stats_ttl_s: float = 2.0,
-                 max_threads: int = 16, scope: str | None = None, socket_root: Path | None = None) -> None:
+                 max_threads: int = 16, scope: str | None = None, socket_root: Path | None = None,
+                 model_store: Path | None = None) -> None:
         self.engine = Engine(client)
         self._scope_labels = {SCOPE_LABEL: scope} if scope else {}
         self._gpus = gpu_inventory
@@ -143,13 +146,21 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
         self._scope = scope
         self._egress: EgressNetwork | None = None
         self.sockets = SocketRoot(socket_root)
+        self.model_objects = (model_store or Path(tempfile.gettempdir()) / "mlbridge-models") / "objects"
+        self._mounts: ModelMounts | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> DockerBackend:
         """Orchestrators sharing a state dir are one deployment: the reaper removes
         what an earlier one of them left, never another deployment's workers."""
         scope = hashlib.sha256(str(Path(config.state_dir).resolve()).encode()).hexdigest()[:12]
-        return cls(scope=scope)
+        return cls(scope=scope, model_store=config.model_store_path)
+
+    @property
+    def mounts(self) -> ModelMounts:
+        if self._mounts is None:
+            self._mounts = ModelMounts(self.sockets.root, CONTAINER_UID, CONTAINER_GID)
+        return self._mounts
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -252,8 +263,13 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
         image = await self.image_id(spec.bridge, spec.config)
         channel = self.sockets.channel(spec.worker_id)
         try:
+            model_dirs = None
+            if spec.config.models:
+                models, export = self.mounts.prepare(spec.worker_id, parse_size(spec.config.export_size),
+                                                     self.model_objects)
+                model_dirs = (models, export, self.mounts.can_mount)
             kwargs = render_run_kwargs(spec, image, channel.socket_dir, gpu_inventory=self._gpus,
-                                       extra_labels=self._scope_labels)
+                                       extra_labels=self._scope_labels, model_dirs=model_dirs)
             if self._egress is not None:
                 # Its DNS forwards (should it join the egress network) then go nowhere: see .egress.
                 kwargs["dns"] = [self._egress.gateway]
@@ -271,6 +287,8 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
                     raise
         except BaseException:
             self.sockets.release(channel)
+            if spec.config.models:
+                self.mounts.release(spec.worker_id)
             raise
         log.debug("worker %s: container %s started from %s", spec.worker_id, cid[:12], image)
         return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=channel, ref=cid,
@@ -316,6 +334,20 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
             self._stats.pop(cid, None)
             assert isinstance(handle.channel, UnixSocketChannel)
             self.sockets.release(handle.channel)
+            if self._mounts is not None:
+                self._mounts.release(handle.worker_id)
+
+    async def grant_models(self, handle: WorkerHandle, objects: Path, hashes: list[str]) -> dict[str, str]:
+        """Mount the store objects ``hashes`` into the claimed worker, read-only: ``/models/<hash>``."""
+        if not self.mounts.models_dir(handle.worker_id).exists():
+            raise ConfigError(f"worker {handle.worker_id} was not started with a models mount "
+                              f"(set models: true on bridge {handle.bridge!r})")
+        await self._run(self.mounts.grant, handle.worker_id, objects, hashes)
+        return {h: f"{MODELS_MOUNT}/{h}" for h in hashes}
+
+    def export_dir(self, handle: WorkerHandle) -> tuple[str, Path] | None:
+        host = self.mounts.export_dir(handle.worker_id)
+        return (EXPORT_MOUNT, host) if host.is_dir() else None
 
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
         """None while the container runs, else how it ended (OOM kill included)."""
@@ -471,4 +503,6 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
             await self.close_egress()
         await self._run(self.engine.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._mounts is not None:
+            self._mounts.close()
         self.sockets.close()  # also directories of workers removed behind the backend's back

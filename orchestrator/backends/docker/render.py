@@ -21,6 +21,7 @@ from runtimes.wire.errors import ConfigError
 
 from ..base import WorkerSpec
 from ..gpus import GpuInventory, detect_gpus
+from ..mounts import EXPORT_MOUNT, MODELS_MOUNT
 
 __all__ = [
     "CONTAINER_GID",
@@ -97,13 +98,18 @@ def _device_requests(gpu_ids: list[str], inventory: GpuInventory | None) -> list
 
 def render_run_kwargs(spec: WorkerSpec, image: str, socket_dir: Path, *, gpu_inventory: GpuInventory | None = None,
                       extra_labels: dict[str, str] | None = None, log_max_size: str = LOG_MAX_SIZE,
-                      log_max_file: str = LOG_MAX_FILE) -> dict[str, Any]:
+                      log_max_file: str = LOG_MAX_FILE,
+                      model_dirs: tuple[Path, Path, bool] | None = None) -> dict[str, Any]:
     """The hardened ``containers.run`` kwargs for one worker.
 
     Args:
         spec: the worker to start.
         image: image reference to run (the backend passes the verified image id).
-        socket_dir: the worker's socket directory on the host: the only mount.
+        socket_dir: the worker's socket directory on the host: the only mount, except
+        model_dirs: for a bridge with ``models: true``, (models source, export directory,
+            propagate): the models directory is mounted read-only at ``/models`` (with
+            slave propagation when ``propagate``, so models mounted into it at claim
+            appear inside) and the export directory read-write at ``/export``.
         gpu_inventory: GPUs to check ``limits.gpus`` against; detected on the
             host when None and GPUs are requested.
         extra_labels: added to ``spec.labels`` (the backend's scope label);
@@ -152,6 +158,13 @@ def render_run_kwargs(spec: WorkerSpec, image: str, socket_dir: Path, *, gpu_inv
         # Exit code and OOM flag must outlive the process; stop() removes the container.
         "auto_remove": False,
     }
+    if model_dirs is not None:
+        models, export, propagate = model_dirs
+        kwargs["mounts"] += [
+            Mount(target=MODELS_MOUNT, source=str(models.absolute()), type="bind", read_only=True,
+                  propagation="rslave" if propagate else None),
+            Mount(target=EXPORT_MOUNT, source=str(export.absolute()), type="bind", read_only=False),
+        ]
     requests = _device_requests(list(limits.gpus), gpu_inventory)
     if requests:
         kwargs["device_requests"] = requests

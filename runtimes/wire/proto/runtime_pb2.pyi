@@ -136,7 +136,7 @@ class CancelReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("tenant", "secrets", "env")
+    __slots__ = ("tenant", "secrets", "env", "models", "export_dir")
     class SecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -154,10 +154,35 @@ class ConfigureRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_DIR_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     secrets: _containers.ScalarMap[str, str]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, tenant: _Optional[str] = ..., secrets: _Optional[_Mapping[str, str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelGrant]
+    export_dir: str
+    def __init__(self, tenant: _Optional[str] = ..., secrets: _Optional[_Mapping[str, str]] = ..., env: _Optional[_Mapping[str, str]] = ..., models: _Optional[_Iterable[_Union[ModelGrant, _Mapping]]] = ..., export_dir: _Optional[str] = ...) -> None: ...
+
+class ModelGrant(_message.Message):
+    __slots__ = ("name", "hash", "path", "files", "size_bytes")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hash: str
+    path: str
+    files: _containers.ScalarMap[str, str]
+    size_bytes: int
+    def __init__(self, name: _Optional[str] = ..., hash: _Optional[str] = ..., path: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class ConfigureReply(_message.Message):
     __slots__ = ()
