@@ -23,7 +23,7 @@ them as cheap enough to run on the loop directly.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -105,6 +105,16 @@ class Resource:
     def execute(self, ctx: CallContext, inputs: dict[str, Any]) -> Any:
         """Run the resource. May be a generator to stream."""
         raise InvalidArgument(f"resource type {self.type_name!r} cannot be executed")
+
+    def loop_execute(self, ctx: CallContext) -> Callable[[CallContext, dict[str, Any]], Awaitable[Any]] | None:
+        """An ``async`` execute to run on the event loop for this unary call, or None (the default).
+
+        A plain ``execute`` runs in a handler thread. A resource whose calls
+        only wait (for a batch, for another process) can return a coroutine
+        function here instead: the call then costs no thread and no thread
+        switch. Cancellation and the deadline cancel its task.
+        """
+        return None
 
     def delete(self, ctx: CallContext) -> None:
         """Release what ``create`` built."""

@@ -119,26 +119,41 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             else:
                 yield pb.StreamEvent(call_id=cid, final=_reply(cid, payload))
 
-    async def Session(self, request_iterator: AsyncIterator[pb.CallRequest],
+    async def Session(self, request_iterator: AsyncIterator[pb.CallBatch],
                       context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        write_lock = asyncio.Lock()
+        """Unary calls over one stream; replies that finish while one is being written go out together."""
         tasks: set[asyncio.Task[None]] = set()
+        outbox: list[pb.CallReply] = []
+        writing = False
+
+        async def send(reply: pb.CallReply) -> None:
+            nonlocal writing
+            outbox.append(reply)
+            if writing:
+                return  # the writer in progress takes it with the next message
+            writing = True
+            try:
+                while outbox:
+                    batch = pb.ReplyBatch(replies=outbox[:])
+                    outbox.clear()
+                    await context.write(batch)
+            finally:
+                writing = False
 
         async def handle(req: pb.CallRequest) -> None:
             fields = _ctx_fields(req)
             outcome = await self.d.run(self.d.make_context(**fields), req.args_json)
-            event = pb.StreamEvent(call_id=fields["call_id"], final=_reply(fields["call_id"], outcome))
-            async with write_lock:
-                await context.write(event)
+            await send(_reply(fields["call_id"], outcome))
 
         try:
-            async for req in request_iterator:
-                if self.d.is_inline(req.command):
-                    await handle(req)  # never blocks: no task needed
-                    continue
-                task = asyncio.ensure_future(handle(req))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            async for batch in request_iterator:
+                for req in batch.calls:
+                    if self.d.is_inline(req.command):
+                        await handle(req)  # never blocks: no task needed
+                        continue
+                    task = asyncio.ensure_future(handle(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
         finally:
             for task in tasks:
                 task.cancel()

@@ -71,3 +71,57 @@ def test_async_execute_is_awaited_on_the_runtime_loop() -> None:
         d.executor.shutdown(wait=False)
 
     asyncio.run(go())
+
+
+class Waiting(Resource):
+    """Offers an async execute for unary calls: it runs on the loop, in no handler thread."""
+
+    type_name = "waiting"
+    release: asyncio.Event | None = None
+
+    def loop_execute(self, ctx: CallContext) -> Any:
+        return self._wait
+
+    async def _wait(self, ctx: CallContext, inputs: dict[str, Any]) -> dict[str, Any]:
+        import threading
+
+        if inputs.get("block"):
+            assert Waiting.release is not None
+            await Waiting.release.wait()
+        return {"on_loop_thread": threading.current_thread() is threading.main_thread(), "x": inputs.get("x")}
+
+    def execute(self, ctx: CallContext, inputs: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("a unary call with loop_execute must not reach execute")
+
+
+class Waiter(Bridge):
+    name = "waiter"
+    resource_types = (Waiting,)
+
+
+def test_loop_execute_runs_on_the_loop_and_stops_on_cancel_and_deadline() -> None:
+    import time
+
+    async def go() -> None:
+        Waiting.release = asyncio.Event()
+        d = Dispatcher(Waiter(), max_message_bytes=1 << 20)
+        assert (await _run(d, "common:create_resource", {}, "w", "waiting")).error is None
+        out = await _run(d, "common:execute_resource", {"x": 7}, "w")
+        assert json.loads(out.result) == {"on_loop_thread": True, "x": 7}
+
+        started = time.monotonic()
+        out = await _run(d, "common:execute_resource", {"block": True}, "w",
+                         deadline_ms=int((time.time() + 0.2) * 1000))
+        assert out.error is not None and out.error.code == "DEADLINE_EXCEEDED"
+        assert out.handler_stopped and time.monotonic() - started < 1.5
+
+        ctx = d.make_context(call_id="c1", command="common:execute_resource", resource_id="w")
+        call = asyncio.ensure_future(d.run(ctx, json.dumps({"block": True})))
+        await asyncio.sleep(0.05)
+        assert d.cancel("c1") is True
+        out = await asyncio.wait_for(call, 2)
+        assert out.error is not None and out.error.code == "CANCELLED" and out.handler_stopped
+        assert d.cancel("c1") is False  # finished: nothing left running
+        d.executor.shutdown(wait=False)
+
+    asyncio.run(go())

@@ -69,6 +69,18 @@ class CallRequest(_message.Message):
     resource_state_json: str
     def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., resource_state_json: _Optional[str] = ...) -> None: ...
 
+class CallBatch(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[CallRequest]
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallRequest, _Mapping]]] = ...) -> None: ...
+
+class ReplyBatch(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[CallReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[CallReply, _Mapping]]] = ...) -> None: ...
+
 class Error(_message.Message):
     __slots__ = ("code", "message", "details_json")
     CODE_FIELD_NUMBER: _ClassVar[int]

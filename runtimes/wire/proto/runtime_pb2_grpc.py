@@ -52,8 +52,8 @@ class RuntimeStub:
                 _registered_method=True)
         self.Session = channel.stream_stream(
                 '/mlbridge.runtime.v1.Runtime/Session',
-                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+                request_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallBatch.SerializeToString,
+                response_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ReplyBatch.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/mlbridge.runtime.v1.Runtime/Cancel',
@@ -99,10 +99,13 @@ class RuntimeServicer:
 
     def Session(self, request_iterator, context):
         """Many unary calls multiplexed over one long-lived stream: each request
-        is answered by exactly one StreamEvent whose `final` carries the reply,
-        matched by call_id, in completion order. This is the orchestrator's fast
-        path (no per-call RPC set-up); streaming calls use CallStream so that each
-        gets its own flow control.
+        is answered by exactly one reply, matched by call_id, in completion
+        order. This is the orchestrator's fast path (no per-call RPC set-up);
+        streaming calls use CallStream so that each gets its own flow control.
+        Under load each side coalesces: the requests (replies) that queued while
+        the previous message was being written go out together as one message,
+        so a busy worker costs one stream write per burst, not per call; a lone
+        call is written at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,8 +152,8 @@ def add_RuntimeServicer_to_server(servicer, server):
             ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
-                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.FromString,
-                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.SerializeToString,
+                    request_deserializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallBatch.FromString,
+                    response_serializer=runtimes_dot_wire_dot_proto_dot_runtime__pb2.ReplyBatch.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -274,8 +277,8 @@ class Runtime:
             request_iterator,
             target,
             '/mlbridge.runtime.v1.Runtime/Session',
-            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallRequest.SerializeToString,
-            runtimes_dot_wire_dot_proto_dot_runtime__pb2.StreamEvent.FromString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.CallBatch.SerializeToString,
+            runtimes_dot_wire_dot_proto_dot_runtime__pb2.ReplyBatch.FromString,
             options,
             channel_credentials,
             insecure,
