@@ -37,6 +37,8 @@ bench: install  ## the benchmarks; results go to docs/benchmarks.md
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.docker_startup
 	$(PY) -m benchmarks.langchain
+	$(PY) -m benchmarks.peers.venvs
+	$(PY) -m benchmarks.transformers
 
 protos:  ## regenerate committed gRPC code from the .proto files
 	$(PY) scripts/gen_protos.py

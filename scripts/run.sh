@@ -21,6 +21,13 @@ cleanup() {
 trap cleanup EXIT
 
 "$PY" -m orchestrator.cli images build
+# A tiny text classifier for the demo (random weights, a tokenizer trained here; no hub is needed).
+if ! "$PY" -m orchestrator.cli models list | grep -q '^tiny-bert '; then
+    DEMO_MODEL="$(mktemp -d)"
+    "$PY" -m orchestrator.cli models tiny bert-classifier "$DEMO_MODEL/tiny-bert"
+    "$PY" -m orchestrator.cli models add "$DEMO_MODEL/tiny-bert" --name tiny-bert
+    rm -rf "$DEMO_MODEL"
+fi
 "$PY" -m orchestrator.cli serve --backend docker --listen "$ADDRESS" &
 SERVE_PID=$!
 
@@ -40,6 +47,18 @@ echo
 echo "== a LangChain chain in its hardened worker (offline fake model), streamed"
 LC_CHAIN='{"runnable": {"prompt": {"template": "Say hi to {name}"}, "model": {"provider": "fake", "responses": ["Hello, Ada!"]}, "parser": "str"}, "input": {"name": "Ada"}}'
 "$PY" -m orchestrator.cli --address "$ADDRESS" call langchain langchain:stream --stream --args "$LC_CHAIN"
+echo
+echo "== a transformers pipeline over the model store's tiny-bert, in its hardened worker (batching on)"
+"$PY" - "$ADDRESS" <<'PYEOF'
+import sys
+from orchestrator import MLBridge
+
+with MLBridge.connect(sys.argv[1]) as mb:
+    tf = mb.get_adapter("transformers")
+    clf = tf.pipeline("text-classification", model="tiny-bert", batching={"max_batch_size": 16, "max_batch_time_ms": 2})
+    for text in ("this movie was great", "this movie was terrible"):
+        print(f"{text!r}: {tf.run(clf, text)}")
+PYEOF
 echo
 echo "mlbridge is serving on $ADDRESS; Ctrl-C stops it."
 wait "$SERVE_PID"

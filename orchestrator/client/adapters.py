@@ -36,7 +36,8 @@ class Client(Protocol):
 ADAPTER_GROUP = "mlbridge.adapters"
 # Adapters shipped with mlbridge, by the bridge's own name (an entry point of the same name wins).
 BUILTIN: dict[str, str] = {"dspy": "orchestrator.client.dspy_adapter:DSPyAdapter",
-                           "langchain": "orchestrator.client.langchain_adapter:LangChainAdapter"}
+                           "langchain": "orchestrator.client.langchain_adapter:LangChainAdapter",
+                           "transformers": "orchestrator.client.transformers_adapter:TransformersAdapter"}
 
 
 class Adapter:

@@ -76,7 +76,9 @@ def make_tiny_model(out: Path | str, kind: str = "bert-classifier", *, seed: int
 
     Args:
         kind: one of :data:`KINDS`.
-        seed: the torch seed the random weights come from (same seed, same bytes).
+        seed: the torch seed the random weights come from (same seed, same weights file; the
+            trained tokenizer may number tied tokens differently from run to run, so two runs
+            can differ in tokenizer.json and so in the model hash).
         hidden: hidden size (heads are ``hidden // 16``).
         layers: transformer layers.
         num_labels: labels of a classifier or tagger.
@@ -84,6 +86,7 @@ def make_tiny_model(out: Path | str, kind: str = "bert-classifier", *, seed: int
     import torch
 
     transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()
     if kind not in KINDS:
         raise ValueError(f"unknown tiny model kind {kind!r}; kinds: {', '.join(KINDS)}")
     out = Path(out)

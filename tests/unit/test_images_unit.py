@@ -111,7 +111,7 @@ def test_via_follows_markers_and_requested_extras() -> None:
 # -- the shipped recipes ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bridge", ["base", "mock", "custom", "dspy", "langchain"])
+@pytest.mark.parametrize("bridge", ["base", "mock", "custom", "dspy", "langchain", "transformers"])
 def test_shipped_locks_are_complete_and_hashed(bridge: str) -> None:
     recipe = ROOT / "images" / bridge
     pkgs = _lock.read_lock(recipe / "requirements.lock")

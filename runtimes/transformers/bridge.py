@@ -1,0 +1,112 @@
+"""The ``transformers`` bridge: Hugging Face models, tokenizers, pipelines, datasets and fine-tuning.
+
+Resource types: ``model`` and ``tokenizer`` (:mod:`.resources`), ``pipeline``
+(:mod:`.pipelines`: streaming generation, opt-in adaptive batching),
+``dataset`` and ``training_run`` (:mod:`.datasets`, :mod:`.training`).
+Models come only from the host's model store, granted per tenant, mounted
+read-only and checked against their recorded sha256 before loading; there
+is no hub (the image sets every ``HF_*_OFFLINE``, and loading passes
+``local_files_only``).
+
+``setup`` imports torch and transformers while the worker is still a spare,
+so a tenant's first call does not pay for them, and sizes torch's thread
+pool from the cgroup's CPU quota (torch would otherwise start one thread
+per host core and a one-CPU worker would thrash); ``configure`` does it
+again, since a tenant's policy may have lowered the limit at the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from runtimes.core import CallContext, command
+from runtimes.wire.errors import MLBridgeError
+
+from . import errors
+from .base import TransformersBase
+from .datasets import DatasetResource
+from .limits import MiB, cpu_limit, memory_figures, torch_threads
+from .pipelines import PipelineResource
+from .resources import ModelResource, TokenizerResource
+from .training import TrainingRunResource
+
+__all__ = ["OFFLINE_ENV", "TransformersBridge"]
+
+#: Set before huggingface_hub is first imported (the image sets them too): no hub, no telemetry, no bars.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class TransformersBridge(TransformersBase):
+    """Serves transformers on torch in one worker."""
+
+    name = "transformers"
+    framework = "transformers"
+    resource_types = (ModelResource, TokenizerResource, PipelineResource, DatasetResource, TrainingRunResource)
+    packages = ("torch", "tokenizers", "safetensors", "datasets", "accelerate", "huggingface-hub", "numpy")
+
+    threads = 0
+
+    # -- hooks --------------------------------------------------------------------------------
+    def setup(self) -> None:
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
+        import transformers
+        import transformers.pipelines  # noqa: F401 - warm the imports a first create would pay for
+
+        transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        self._apply_threads()
+
+    def configure(self, tenant: str, secrets: dict[str, str]) -> None:
+        super().configure(tenant, secrets)
+        self._apply_threads()
+
+    def _apply_threads(self) -> None:
+        import torch
+
+        self.threads = torch_threads()
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def translate_error(self, exc: BaseException) -> MLBridgeError | None:
+        return errors.translate(exc)
+
+    def stats(self) -> dict[str, Any]:
+        mem = memory_figures()
+        pipelines = {rid: s for rid, res in self.resources.items("pipeline")
+                     if isinstance(res, PipelineResource) and (s := res.stats())}
+        return {"resources": self.resources.counts_by_type(), **self.counts(), "torch_threads": self.threads,
+                "memory": {"limit_mib": None if mem.limit is None else mem.limit // MiB,
+                           "used_mib": mem.usage // MiB, "free_mib": mem.free // MiB},
+                "batching": pipelines}
+
+    # -- commands -------------------------------------------------------------------------------
+    @command("stats", description="Resources by type, calls, generated tokens, memory, batching per pipeline",
+             inline=True)
+    def transformers_stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return self.stats()
+
+    @command("devices", description="What this worker can place models on: CPU threads and limit, GPUs",
+             inline=True)
+    def devices(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        gpus = []
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(i)
+                gpus.append({"device": f"cuda:{i}", "name": props.name, "memory_mib": props.total_memory // MiB})
+        return {"cpu": {"torch_threads": torch.get_num_threads(), "cpu_limit": cpu_limit()},
+                "cuda_available": torch.cuda.is_available(), "gpus": gpus,
+                "models": sorted(self.models), "auto": "cuda:0" if gpus else "cpu"}
