@@ -30,17 +30,37 @@ DOMAIN = "mlbridge.dev"
 STATUS_BY_CODE: dict[str, grpc.StatusCode] = {code: grpc.StatusCode[name] for code, name in GRPC_STATUS.items()}
 
 
+#: The longest error text (and detail value) a status carries. Both travel in the reply's trailers, which
+#: gRPC caps at 16 KiB in all; a message echoing a 10,000-character id would otherwise turn the real error
+#: into RESOURCE_EXHAUSTED at the client.
+MAX_MESSAGE_CHARS = 2000
+MAX_DETAIL_CHARS = 500
+
+
+def clip(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters with a note of how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def grpc_code(err: MLBridgeError) -> grpc.StatusCode:
     return STATUS_BY_CODE.get(err.code, grpc.StatusCode.INTERNAL)
 
 
+def wire_message(err: MLBridgeError) -> str:
+    """The status message for ``err`` (its flat text, clipped to fit the trailers)."""
+    return clip(err.flat(), MAX_MESSAGE_CHARS)
+
+
 def to_rpc_status(err: MLBridgeError) -> status_pb2.Status:
     """A google.rpc.Status carrying the mlbridge code and details as ErrorInfo."""
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in public_details(err).items()}
+    meta = {clip(str(k), 100): clip(v if isinstance(v, str) else json.dumps(v), MAX_DETAIL_CHARS)
+            for k, v in list(public_details(err).items())[:20]}
     info = error_details_pb2.ErrorInfo(reason=err.code, domain=DOMAIN, metadata=meta)
     detail = any_pb2.Any()
     detail.Pack(info)
-    return status_pb2.Status(code=grpc_code(err).value[0], message=err.flat(), details=[detail])
+    return status_pb2.Status(code=grpc_code(err).value[0], message=wire_message(err), details=[detail])
 
 
 def from_grpc_error(exc: grpc.RpcError) -> MLBridgeError:

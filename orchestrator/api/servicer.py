@@ -20,7 +20,7 @@ import grpc
 
 from orchestrator.compat.dspex import DSPexFacade
 from orchestrator.edge import Gateway
-from orchestrator.errors import grpc_code, to_rpc_status
+from orchestrator.errors import grpc_code, to_rpc_status, wire_message
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
 from orchestrator.service import Caller, new_call_id
@@ -49,7 +49,7 @@ def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: MLBridgeError) -> None:
     status = to_rpc_status(err)
-    await context.abort(grpc_code(err), err.flat(),
+    await context.abort(grpc_code(err), wire_message(err),
                         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from runtimes.wire.errors import NotFound
+from runtimes.wire.payload import check_payload
 
 from ..calls import Reply
 from ..registry import ResourceRecord
@@ -86,6 +87,7 @@ class Gateway:
     async def call(self, caller: Caller, bridge: str, command: str, args_json: str = "",
                    attachments: dict[str, bytes] | None = None, call_id: str = "",
                    timeout_s: float | None = None) -> Reply:
+        check_payload(args_json, "args")
         req = Request(caller, "Call", "call", bridge=self.service.route_bridge(bridge, command), command=command,
                       payload_bytes=payload_size(args_json, attachments), code_sha256=self._code(args_json),
                       call_id=call_id, timeout_s=timeout_s)
@@ -95,6 +97,7 @@ class Gateway:
     def call_stream(self, caller: Caller, bridge: str, command: str, args_json: str = "",
                     attachments: dict[str, bytes] | None = None, call_id: str = "",
                     timeout_s: float | None = None) -> AsyncIterator[Event]:
+        check_payload(args_json, "args")
         req = Request(caller, "CallStream", "call", bridge=self.service.route_bridge(bridge, command),
                       command=command, payload_bytes=payload_size(args_json, attachments),
                       code_sha256=self._code(args_json), call_id=call_id, timeout_s=timeout_s)
@@ -112,6 +115,7 @@ class Gateway:
         if info is None:
             return False  # no such call of this caller: another tenant's looks the same
         bridge, command = info
+        check_payload(result_json, "the answer's result")
         req = Request(caller, "Answer", "call", bridge=bridge, command=command,
                       payload_bytes=payload_size(result_json) + payload_size(error), call_id=call_id)
         return await self.edge.run(req, lambda r: self.service.answer(caller, call_id, request_id, result_json,
@@ -121,6 +125,7 @@ class Gateway:
     async def create_resource(self, caller: Caller, bridge: str, type_: str, config_json: str = "",
                               attachments: dict[str, bytes] | None = None, resource_id: str = "",
                               call_id: str = "", timeout_s: float | None = None) -> tuple[str, str]:
+        check_payload(config_json, "config")
         req = Request(caller, "CreateResource", "create_resource", bridge=bridge or self.default_bridge,
                       resource_type=type_, resource_id=resource_id or None,
                       payload_bytes=payload_size(config_json, attachments), code_sha256=self._code(config_json),
@@ -131,6 +136,7 @@ class Gateway:
     async def execute_resource(self, caller: Caller, resource_id: str, inputs_json: str = "",
                                attachments: dict[str, bytes] | None = None, call_id: str = "",
                                timeout_s: float | None = None) -> Reply:
+        check_payload(inputs_json, "inputs")
         req = Request(caller, "ExecuteResource", "execute_resource", resource_id=resource_id,
                       payload_bytes=payload_size(inputs_json, attachments), call_id=call_id, timeout_s=timeout_s)
         return await self.edge.run(req, lambda r: self.service.execute_resource(
@@ -139,6 +145,7 @@ class Gateway:
     def execute_resource_stream(self, caller: Caller, resource_id: str, inputs_json: str = "",
                                 attachments: dict[str, bytes] | None = None, call_id: str = "",
                                 timeout_s: float | None = None) -> AsyncIterator[Event]:
+        check_payload(inputs_json, "inputs")
         req = Request(caller, "ExecuteResourceStream", "execute_resource", resource_id=resource_id,
                       payload_bytes=payload_size(inputs_json), call_id=call_id, timeout_s=timeout_s)
         return self.edge.stream(req, lambda r: self.service.execute_resource_stream(

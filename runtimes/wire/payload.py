@@ -12,9 +12,75 @@ from typing import Any
 
 from .errors import InvalidArgument, InvalidResult, PayloadTooLarge
 
-__all__ = ["dumps", "encode_capped", "loads_lenient", "loads_strict", "nbytes", "parse_object"]
+__all__ = ["MAX_DEPTH", "check_payload", "dumps", "encode_capped", "loads_lenient", "loads_strict", "nbytes",
+           "parse_object"]
 
 _SEPARATORS = (",", ":")
+#: The deepest nesting of arrays and objects a request payload may have.
+MAX_DEPTH = 100
+
+
+class _Constant(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def check_payload(text: str, what: str) -> None:
+    """Refuse a request payload that JSON does not allow or that could not come back.
+
+    Rules: no ``NaN`` / ``Infinity`` (not JSON, RFC 8259; accepted by
+    Python's parser, they would fail later on the way back), no lone UTF-16
+    surrogate (``"\\ud800"`` without its pair: such a string cannot be
+    encoded as UTF-8), no nesting deeper than :data:`MAX_DEPTH`. A payload
+    that shows none of the signs (the tokens, a ``\\ud`` escape, that many
+    brackets) is not parsed here at all, so the common case costs a few
+    substring searches.
+
+    Raises:
+        InvalidArgument: naming the rule ``what`` broke.
+    """
+    if not text:
+        return
+    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    constants = "NaN" in text or "Infinity" in text
+    surrogates = "\\ud" in text or "\\uD" in text
+    if not (deep or constants or surrogates):
+        return
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except _Constant as exc:
+        raise InvalidArgument(f"{what} holds {exc.name}, which is not JSON (RFC 8259); send a number, a string "
+                              "or null") from None
+    except RecursionError:
+        raise InvalidArgument(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise InvalidArgument(f"{what} is nested deeper than {MAX_DEPTH} levels")
+            children = list(item.items()) if isinstance(item, dict) else [(None, v) for v in item]
+            for key, child in children:
+                if isinstance(key, str) and not key.isascii():
+                    _encodable(key, what)
+                stack.append((child, depth + 1))
+        elif isinstance(item, str) and not item.isascii():
+            _encodable(item, what)
+
+
+def _encodable(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} holds a lone UTF-16 surrogate (an escape between \\ud800 and \\udfff "
+                              "without its pair), which is not text") from None
 
 
 def nbytes(text: str) -> int:
@@ -34,6 +100,8 @@ def parse_object(data: str | bytes, what: str = "args") -> dict[str, Any]:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"{what} is nested too deeply to parse (at most {MAX_DEPTH} levels)") from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -49,6 +117,8 @@ def loads_strict(data: str | bytes, what: str) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"{what} is nested too deeply to parse (at most {MAX_DEPTH} levels)") from None
 
 
 def loads_lenient(data: str | bytes, default: Any = None) -> Any:
@@ -57,7 +127,7 @@ def loads_lenient(data: str | bytes, default: Any = None) -> Any:
         return default
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return default
 
 
