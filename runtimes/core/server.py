@@ -27,6 +27,7 @@ from .bridge import Bridge
 from .dispatch import Dispatcher, Outcome
 from .grants import ModelGrant
 from .loader import load_bridge_class
+from .watchdog import Watchdog, grace_from_env
 
 log = logging.getLogger("mlbridge.runtime")
 
@@ -194,7 +195,8 @@ async def serve(bridge_spec: str | type[Bridge], address: str, *, max_message_by
     bridge.setup()
     dispatcher = Dispatcher(bridge, max_message_bytes=max_bytes,
                             threads=threads or int(os.environ.get("MLBRIDGE_RUNTIME_THREADS", "8")))
-    server = grpc.aio.server(options=message_options(max_bytes))
+    watchdog = Watchdog(grace_from_env())
+    server = grpc.aio.server(options=message_options(max_bytes), interceptors=[watchdog])
     pb_grpc.add_RuntimeServicer_to_server(RuntimeServicer(dispatcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -213,9 +215,11 @@ async def serve(bridge_spec: str | type[Bridge], address: str, *, max_message_by
             pass
     if ready is not None:
         ready.set()
+    watch = loop.create_task(watchdog.run(stop))
     try:
         await stop.wait()
     finally:
+        watch.cancel()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=2.0)
         dispatcher.executor.shutdown(wait=False, cancel_futures=True)
