@@ -8,6 +8,7 @@ are in the ``frameworks`` extra every test run installs.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import threading
@@ -20,6 +21,7 @@ from runtimes.wire.artifacts import manifest, manifest_hash, total_size
 __all__ = ["grant_for", "tiny_model"]
 
 _ROOT = Path(tempfile.mkdtemp(prefix="mlb-tiny-"))
+atexit.register(shutil.rmtree, _ROOT, True)
 _LOCK = threading.Lock()
 
 

@@ -108,8 +108,9 @@ class ModelMounts:
 
     def grant(self, worker_id: str, objects: Path, hashes: list[str]) -> None:
         """Mount each model object (by hash) into the worker's models directory, read-only."""
-        if not self.can_mount:
-            return  # the whole objects directory is mounted already
+        if not self.can_mount or not hashes:
+            return  # the whole objects directory is mounted already, or there is nothing to mount
+        objects.mkdir(parents=True, exist_ok=True)
         view = self._view(objects)
         target_root = self.models_dir(worker_id)
         for digest in hashes:

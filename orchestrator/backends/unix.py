@@ -26,6 +26,7 @@ from pathlib import Path
 from runtimes.wire.errors import ConfigError, Unavailable
 
 from .base import ControlChannel
+from .janitor import start_janitor
 
 __all__ = ["MAX_SOCKET_PATH", "SOCKET_NAME", "SocketRoot", "UnixSocketChannel", "mount_tmpfs", "unmount",
            "worker_tmpfs_options"]
@@ -110,12 +111,15 @@ class SocketRoot:
     def __init__(self, root: Path | None = None) -> None:
         self._given = root
         self._root: Path | None = None
+        self._janitor: int | None = None  # the write end of the janitor's pipe (see .janitor)
 
     @property
     def root(self) -> Path:
         if self._root is None:
             if self._given is None:
                 self._root = Path(tempfile.mkdtemp(prefix="mlb-"))
+                # Should this process die without close(), the janitor unmounts and removes the root.
+                self._janitor = start_janitor(self._root)
             else:
                 self._given.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self._root = self._given
@@ -155,3 +159,6 @@ class SocketRoot:
             for child in self._root.iterdir():
                 shutil.rmtree(child, ignore_errors=True)
         self._root = None
+        if self._janitor is not None:
+            os.close(self._janitor)  # the root is gone: the janitor finds nothing and exits
+            self._janitor = None

@@ -14,6 +14,7 @@ import hashlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ GRACE_S = 3
 
 
 def _serve(tmp: Path, backend: str) -> tuple[subprocess.Popen[bytes], str]:
+    # models: true gives docker workers a models mount point and an export tmpfs as well as their socket tmpfs.
     (tmp / "config.yaml").write_text(f"""default_bridge: mock
 backend: {backend}
 state_dir: {tmp / 'state'}
@@ -36,6 +38,7 @@ bridges:
   mock:
     runtime: mock
     pool_size: 2
+    models: true
     env: {{MLBRIDGE_ORPHAN_GRACE_S: "{GRACE_S}"}}
     limits: {{cpus: 0.5, memory: 256m, pids: 64}}
 """)
@@ -50,6 +53,15 @@ bridges:
             pytest.fail("mlbridge serve did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
         time.sleep(0.2)
     return proc, address
+
+
+def _socket_roots() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("mlb-*"))
+
+
+def _mounts_under(root: Path) -> list[str]:
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
 
 
 def _wait_until(check: Callable[[], bool], timeout: float) -> float:
@@ -83,7 +95,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_process_workers_exit_after_their_orchestrator_is_killed(tmp_path: Path) -> None:
-    before = _runtime_pids()
+    before, roots = _runtime_pids(), _socket_roots()
     proc, address = _serve(tmp_path, "process")
     try:
         with MLBridge.connect(address) as mb:
@@ -96,8 +108,11 @@ def test_process_workers_exit_after_their_orchestrator_is_killed(tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+    [root] = _socket_roots() - roots
     took = _wait_until(lambda: not any(_alive(p) for p in mine), GRACE_S + 15)
     print(f"process workers gone {took:.1f} s after the orchestrator's SIGKILL (grace {GRACE_S} s)")
+    took = _wait_until(lambda: not root.exists(), 30)
+    print(f"its socket folders gone {took:.1f} s after that")
 
 
 @pytest.mark.docker
@@ -109,11 +124,15 @@ def test_docker_workers_stop_after_their_orchestrator_is_killed(tmp_path: Path) 
     def running() -> list[str]:
         return [c.id for c in client.containers.list(filters={"label": f"io.mlbridge.scope={scope}"})]
 
+    roots = _socket_roots()
     proc, address = _serve(tmp_path, "docker")
+    [root] = _socket_roots() - roots
     try:
         with MLBridge.connect(address) as mb:
             assert mb.call("mock", "mock:echo", {"a": 1}) == {"a": 1}
         assert len(running()) >= 2
+        mounted = _mounts_under(root)
+        assert any(m.endswith(".x") for m in mounted) and any(m.endswith(".m") for m in mounted)
         time.sleep(GRACE_S + 1.5)
         assert len(running()) >= 2  # alive while the orchestrator is
     finally:
@@ -122,6 +141,8 @@ def test_docker_workers_stop_after_their_orchestrator_is_killed(tmp_path: Path) 
     try:
         took = _wait_until(lambda: not running(), GRACE_S + 30)
         print(f"docker workers stopped {took:.1f} s after the orchestrator's SIGKILL (grace {GRACE_S} s)")
+        took = _wait_until(lambda: not _mounts_under(root) and not root.exists(), 30)
+        print(f"its mounts and folders gone {took:.1f} s after that")
     finally:
         for c in client.containers.list(all=True, filters={"label": f"io.mlbridge.scope={scope}"}):
             c.remove(force=True)

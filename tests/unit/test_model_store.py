@@ -214,3 +214,11 @@ def test_workers_are_told_their_tenants_models(tmp_path: Path) -> None:
         assert got["can_export"] is True
         assert got["models"] == [{"name": "bert-a", "hash": allowed.hash, "size_bytes": allowed.size_bytes,
                                   "files": 3}]
+
+
+def test_a_claim_with_no_models_mounts_nothing(tmp_path: Path) -> None:
+    from orchestrator.backends.mounts import ModelMounts
+
+    mounts = ModelMounts(tmp_path, 10001, 10001)
+    mounts.grant("w1", tmp_path / "store-not-made-yet" / "objects", [])  # an empty store: no view, no error
+    assert not (tmp_path / "store-not-made-yet").exists()
