@@ -9,6 +9,8 @@ are in the ``frameworks`` extra every test run installs.
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import shutil
 import tempfile
 import threading
@@ -18,7 +20,7 @@ from orchestrator.models.tiny import make_tiny_model
 from runtimes.core import ModelGrant
 from runtimes.wire.artifacts import manifest, manifest_hash, total_size
 
-__all__ = ["grant_for", "tiny_model"]
+__all__ = ["fake_model_dir", "grant_for", "tiny_model"]
 
 _ROOT = Path(tempfile.mkdtemp(prefix="mlb-tiny-"))
 atexit.register(shutil.rmtree, _ROOT, True)
@@ -42,3 +44,13 @@ def grant_for(path: Path, name: str) -> ModelGrant:
     files = manifest(path)
     return ModelGrant(name=name, hash=manifest_hash(files), path=path, files=files,
                       size_bytes=total_size(path, files))
+
+
+def fake_model_dir(path: Path, seed: str) -> Path:
+    """A directory shaped like a saved model, for tests of the store and the mounts (its bytes follow ``seed``)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "bert", "seed": seed}))
+    (path / "model.safetensors").write_bytes(hashlib.sha256(seed.encode()).digest() * 64)
+    (path / "tok").mkdir()
+    (path / "tok" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
+    return path

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from .mountinfo import unmount_tree
+
 __all__ = ["start_janitor"]
 
 
@@ -41,19 +43,9 @@ def start_janitor(root: Path, grace_s: float = 5.0) -> int:
     return write_end
 
 
-def _mount_points(root: str) -> list[str]:
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    points = [parts[4] for parts in (line.split() for line in lines) if len(parts) > 4]
-    return [p for p in points if p == root or p.startswith(root + "/")]
-
-
 def clean(root: Path) -> None:
     """Unmount everything at or below ``root`` (deepest first), then remove it."""
-    for point in sorted(_mount_points(str(root)), reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
+    unmount_tree(root)
     shutil.rmtree(root, ignore_errors=True)
 
 

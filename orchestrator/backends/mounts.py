@@ -33,6 +33,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .mountinfo import unmount_tree
 from .unix import mount_tmpfs
 
 __all__ = ["EXPORT_MOUNT", "MODELS_MOUNT", "ModelMounts"]
@@ -101,7 +102,7 @@ class ModelMounts:
             view.mkdir(exist_ok=True)
             if not (_mount("--bind", str(objects), str(view))
                     and _mount("-o", "remount,bind,ro", str(view))):
-                _umount(str(view))
+                unmount_tree(view)
                 raise OSError(f"cannot make a read-only view of the model store at {objects}")
             self._views[objects] = view
         return view
@@ -127,27 +128,11 @@ class ModelMounts:
             if not path.exists():
                 continue
             if self.can_mount:
-                # Deepest first; a bind of the same filesystem is a mount os.path.ismount cannot see.
-                for point in sorted(_mount_points(str(path)), reverse=True):
-                    _umount(point)
+                unmount_tree(path)
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
         for view in self._views.values():
-            _umount(str(view))
+            unmount_tree(view)
             shutil.rmtree(view, ignore_errors=True)
         self._views.clear()
-
-
-def _umount(point: str) -> None:
-    subprocess.run(["umount", "-l", point], capture_output=True)
-
-
-def _mount_points(path: str) -> list[str]:
-    """Every mount at ``path`` or below it (a mount stacked twice is listed twice)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    points = [parts[4] for parts in (line.split() for line in lines) if len(parts) > 4]
-    return [p for p in points if p == path or p.startswith(path + "/")]

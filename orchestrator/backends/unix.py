@@ -27,6 +27,7 @@ from runtimes.wire.errors import ConfigError, Unavailable
 
 from .base import ControlChannel
 from .janitor import start_janitor
+from .mountinfo import unmount_tree
 
 __all__ = ["MAX_SOCKET_PATH", "SOCKET_NAME", "SocketRoot", "UnixSocketChannel", "mount_tmpfs", "unmount",
            "worker_tmpfs_options"]
@@ -88,18 +89,6 @@ def unmount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _unmount_all_under(root: Path) -> None:
-    """Unmount every mount point at or below ``root`` (deepest first)."""
-    prefix = str(root).rstrip("/") + "/"
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return
-    points = [line.split()[4] for line in lines if len(line.split()) > 4]
-    for point in sorted((p for p in points if p.startswith(prefix) or p == str(root)), reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-
-
 class SocketRoot:
     """The directory holding one backend's worker socket directories; created on first use.
 
@@ -152,7 +141,7 @@ class SocketRoot:
         """Unmount and remove everything under the root, and the root when this object made it."""
         if self._root is None:
             return
-        _unmount_all_under(self._root)
+        unmount_tree(self._root)
         if self._given is None:
             shutil.rmtree(self._root, ignore_errors=True)
         else:

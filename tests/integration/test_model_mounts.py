@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from orchestrator import MLBridge
+from orchestrator.backends.mountinfo import mount_points
 from orchestrator.models import ModelStore
 from tests.harness import ServerThread, make_config
+from tests.tiny_models import fake_model_dir
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -48,18 +50,11 @@ def _digest(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
-def _model_dir(path: Path, seed: str) -> Path:
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "bert", "seed": seed}))
-    (path / "model.safetensors").write_bytes(hashlib.sha256(seed.encode()).digest() * 128)
-    return path
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("mounts")
     store = ModelStore(tmp / "store")
-    recs = {name: store.add(_model_dir(tmp / "src" / name, name), name) for name in ("bert-a", "gpt-small")}
+    recs = {name: store.add(fake_model_dir(tmp / "src" / name, name), name) for name in ("bert-a", "gpt-small")}
     policy = tmp / "policy.yaml"
     policy.write_text(f"""version: 1
 defaults:
@@ -116,20 +111,15 @@ def test_export_directory_has_a_size_cap(env: dict[str, Any]) -> None:
             mb.call("custom", "custom:run", {"code": code})
 
 
-def _mounted_under(root: str) -> list[str]:
-    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if line.split()[4].startswith(root + "/")]
-
-
 def test_mounts_are_gone_when_a_worker_is_retired(env: dict[str, Any]) -> None:
     srv = env["srv"]
     root = str(srv.orch.backend.sockets.root)
     _probe(env, "alice", "bert-a")  # alice holds a claimed worker with a model mounted
     pool = srv.orch.pools["custom"]
     [worker] = pool.claimed("alice")
-    mine = [m for m in _mounted_under(root) if f"/{worker.id}." in m]
+    mine = [m for m in mount_points(root) if f"/{worker.id}." in m]
     assert any(m.endswith(".m") for m in mine) and any(m.endswith(".x") for m in mine)
     assert any(env["recs"]["bert-a"].hash in m for m in mine)
     srv.run(pool.retire(worker, "test"))
-    assert [m for m in _mounted_under(root) if f"/{worker.id}." in m] == []
+    assert [m for m in mount_points(root) if f"/{worker.id}." in m] == []
     assert not any(p.name.startswith(worker.id) for p in Path(root).iterdir())

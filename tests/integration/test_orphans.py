@@ -24,6 +24,7 @@ import pytest
 
 from benchmarks._common import free_port
 from orchestrator import MLBridge
+from orchestrator.backends.mountinfo import mount_points
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 3
@@ -57,11 +58,6 @@ bridges:
 
 def _socket_roots() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("mlb-*"))
-
-
-def _mounts_under(root: Path) -> list[str]:
-    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
 
 
 def _wait_until(check: Callable[[], bool], timeout: float) -> float:
@@ -131,7 +127,7 @@ def test_docker_workers_stop_after_their_orchestrator_is_killed(tmp_path: Path) 
         with MLBridge.connect(address) as mb:
             assert mb.call("mock", "mock:echo", {"a": 1}) == {"a": 1}
         assert len(running()) >= 2
-        mounted = _mounts_under(root)
+        mounted = mount_points(root)
         assert any(m.endswith(".x") for m in mounted) and any(m.endswith(".m") for m in mounted)
         time.sleep(GRACE_S + 1.5)
         assert len(running()) >= 2  # alive while the orchestrator is
@@ -141,7 +137,7 @@ def test_docker_workers_stop_after_their_orchestrator_is_killed(tmp_path: Path) 
     try:
         took = _wait_until(lambda: not running(), GRACE_S + 30)
         print(f"docker workers stopped {took:.1f} s after the orchestrator's SIGKILL (grace {GRACE_S} s)")
-        took = _wait_until(lambda: not _mounts_under(root) and not root.exists(), 30)
+        took = _wait_until(lambda: not mount_points(root) and not root.exists(), 30)
         print(f"its mounts and folders gone {took:.1f} s after that")
     finally:
         for c in client.containers.list(all=True, filters={"label": f"io.mlbridge.scope={scope}"}):

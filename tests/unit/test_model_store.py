@@ -25,22 +25,13 @@ from runtimes.wire import metadata as meta
 from runtimes.wire.artifacts import ArtifactError, manifest, manifest_hash, mismatches
 from runtimes.wire.errors import AlreadyExists, ArtifactMismatch, InvalidArgument, NotFound
 from tests.harness import ServerThread, make_config
+from tests.tiny_models import fake_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _model_dir(path: Path, seed: str) -> Path:
-    """A directory shaped like a saved model (what is in the files does not matter to the store)."""
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "bert", "seed": seed}))
-    (path / "model.safetensors").write_bytes(hashlib.sha256(seed.encode()).digest() * 64)
-    (path / "tok").mkdir()
-    (path / "tok" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
-    return path
-
-
 def test_manifest_hash_is_the_content_address(tmp_path: Path) -> None:
-    a = _model_dir(tmp_path / "a", "one")
+    a = fake_model_dir(tmp_path / "a", "one")
     b = tmp_path / "b"
     shutil.copytree(a, b)
     assert manifest_hash(manifest(a)) == manifest_hash(manifest(b))
@@ -53,7 +44,7 @@ def test_manifest_hash_is_the_content_address(tmp_path: Path) -> None:
 
 
 def test_links_and_empty_directories_are_refused(tmp_path: Path) -> None:
-    d = _model_dir(tmp_path / "m", "x")
+    d = fake_model_dir(tmp_path / "m", "x")
     (d / "escape").symlink_to("/etc/passwd")
     with pytest.raises(ArtifactError, match="not a regular file"):
         manifest(d)
@@ -64,7 +55,7 @@ def test_links_and_empty_directories_are_refused(tmp_path: Path) -> None:
 
 def test_add_list_remove_share_one_copy(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    src = _model_dir(tmp_path / "src", "one")
+    src = fake_model_dir(tmp_path / "src", "one")
     a = store.add(src, "alpha")
     b = store.add(src, "beta")
     assert a.hash == b.hash == manifest_hash(manifest(src))
@@ -83,8 +74,8 @@ def test_add_list_remove_share_one_copy(tmp_path: Path) -> None:
 
 def test_same_name_other_content_needs_replace(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    first = store.add(_model_dir(tmp_path / "one", "one"), "m")
-    other = _model_dir(tmp_path / "two", "two")
+    first = store.add(fake_model_dir(tmp_path / "one", "one"), "m")
+    other = fake_model_dir(tmp_path / "two", "two")
     with pytest.raises(AlreadyExists, match="--replace"):
         store.add(other, "m")
     second = store.add(other, "m", replace=True)
@@ -96,7 +87,7 @@ def test_same_name_other_content_needs_replace(tmp_path: Path) -> None:
 
 def test_expected_hash_is_checked_on_the_copy(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    src = _model_dir(tmp_path / "src", "one")
+    src = fake_model_dir(tmp_path / "src", "one")
     with pytest.raises(ArtifactMismatch, match="not the"):
         store.add(src, "m", expect_hash="0" * 64)
     assert store.list() == []
@@ -105,7 +96,7 @@ def test_expected_hash_is_checked_on_the_copy(tmp_path: Path) -> None:
 
 def test_verify_finds_a_damaged_object(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    rec = store.add(_model_dir(tmp_path / "src", "one"), "m")
+    rec = store.add(fake_model_dir(tmp_path / "src", "one"), "m")
     assert store.verify("m") == []
     weights = store.object_path(rec.hash) / "model.safetensors"
     weights.chmod(0o644)
@@ -120,14 +111,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_add_list_verify_rm(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    src = _model_dir(tmp_path / "src", "one")
+    src = fake_model_dir(tmp_path / "src", "one")
     out = _cli("add", str(src), "--name", "tiny", "--store", store)
     assert out.returncode == 0, out.stderr
     assert f"sha256:{manifest_hash(manifest(src))}" in out.stdout
     listed = json.loads(_cli("list", "--json", "--store", store).stdout)
     assert [(m["name"], m["files"], m["owner"]) for m in listed] == [("tiny", 3, "operator")]
     assert _cli("verify", "--store", store).stdout.strip() == "tiny: ok"
-    dup = _cli("add", str(_model_dir(tmp_path / "o", "two")), "--name", "tiny", "--store", store)
+    dup = _cli("add", str(fake_model_dir(tmp_path / "o", "two")), "--name", "tiny", "--store", store)
     assert dup.returncode == 1 and "ALREADY_EXISTS" in dup.stderr
     assert _cli("rm", "tiny", "--store", store).returncode == 0
     missing = _cli("rm", "tiny", "--store", store)
@@ -148,8 +139,8 @@ tenants:
 def test_catalog_gives_each_tenant_its_models(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     for name in ("bert-a", "bert-b", "gpt-small"):
-        store.add(_model_dir(tmp_path / name, name), name)
-    store.add(_model_dir(tmp_path / "ft", "ft"), "bert-a", owner="bob")  # bob's own export, same name
+        store.add(fake_model_dir(tmp_path / name, name), name)
+    store.add(fake_model_dir(tmp_path / "ft", "ft"), "bert-a", owner="bob")  # bob's own export, same name
     catalog = ModelCatalog(store, parse_policy(POLICY), ProcessBackend())
     assert sorted(r.name for r in catalog.for_tenant("alice")) == ["bert-a", "bert-b"]
     bob = {r.name: r for r in catalog.for_tenant("bob")}
@@ -173,7 +164,7 @@ def test_exports_are_imported_as_the_tenants_own(tmp_path: Path) -> None:
     (tmp_path / "sockets" / "w1").mkdir(parents=True)
     export_root = backend.export_dir(handle)
     assert export_root is not None
-    out = _model_dir(export_root[1] / "run1", "trained")
+    out = fake_model_dir(export_root[1] / "run1", "trained")
     digest = manifest_hash(manifest(out))
     catalog = ModelCatalog(store, None, backend)
     md = {meta.EXPORTED_MODELS: json.dumps([{"name": "ft", "hash": digest, "dir": "run1"}])}
@@ -190,7 +181,7 @@ def test_exports_are_imported_as_the_tenants_own(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument, match=match):
             asyncio.run(catalog.import_exports("alice", _Worker(handle),  # type: ignore[arg-type]
                                                {meta.EXPORTED_MODELS: json.dumps(bad)}))
-    lying = _model_dir(export_root[1] / "run2", "other")
+    lying = fake_model_dir(export_root[1] / "run2", "other")
     with pytest.raises(ArtifactMismatch):
         asyncio.run(catalog.import_exports("alice", _Worker(handle),  # type: ignore[arg-type]
                                            {meta.EXPORTED_MODELS: json.dumps(
@@ -200,8 +191,8 @@ def test_exports_are_imported_as_the_tenants_own(tmp_path: Path) -> None:
 
 def test_workers_are_told_their_tenants_models(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    allowed = store.add(_model_dir(tmp_path / "a", "a"), "bert-a")
-    store.add(_model_dir(tmp_path / "g", "g"), "gpt-small")
+    allowed = store.add(fake_model_dir(tmp_path / "a", "a"), "bert-a")
+    store.add(fake_model_dir(tmp_path / "g", "g"), "gpt-small")
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("alice: {", 'alice: {tokens: ["sha256:' + hashlib.sha256(b"alice-tok").hexdigest()
                                      + '"], '))
