@@ -16,6 +16,7 @@ from orchestrator.backends.base import WorkerSpec
 from orchestrator.backends.docker import DockerBackend, default_image
 from orchestrator.backends.docker.backend import prepare_socket_dir
 from orchestrator.backends.docker.errors import translate
+from orchestrator.backends.docker.kmsg import KernelOomLog, oom_cgroup_ids
 from orchestrator.backends.docker.state import cgroup_oom_kills, exit_info_from_state, memory_stats
 from orchestrator.backends.gpus import GpuInventory, parse_nvidia_smi_list
 from orchestrator.backends.unix import SocketRoot, unmount
@@ -60,6 +61,43 @@ def test_our_kill_is_not_an_oom_even_with_the_flag() -> None:
 def test_sigkill_from_outside() -> None:
     info = exit_info_from_state(exited(137))
     assert info is not None and not info.oom_killed and "SIGKILL from outside mlbridge" in info.reason
+
+
+def test_kernel_log_stands_for_a_missed_engine_flag() -> None:
+    info = exit_info_from_state(exited(137), 128 * MIB, kernel_oom=True)
+    assert info is not None and info.oom_killed
+    assert info.describe() == "killed for running out of memory (limit 128 MiB)"
+    # The kernel's record does not make mlbridge's own kill an OOM death.
+    info = exit_info_from_state(exited(137), stopped_by_us="kill", kernel_oom=True)
+    assert info is not None and not info.oom_killed
+
+
+CID = "ab" * 32
+OTHER = "cd" * 32
+
+
+def test_kernel_oom_log_reads_docker_memcg_records(tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text(
+        "6,100,1000,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0\n"
+        f"6,101,1001,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset={CID},"
+        f"mems_allowed=0,oom_memcg=/docker/{CID},task_memcg=/docker/{CID},task=python3,pid=7,uid=10001\n"
+        " SUBSYSTEM=memory\n"
+        f"6,102,1002,-;Memory cgroup out of memory: Killed process 7 (python3) {OTHER}\n")
+    log = KernelOomLog(str(kmsg))
+    assert log.saw_oom(CID) is True
+    assert log.saw_oom(OTHER) is False  # named, but not in an oom-kill record
+    # The systemd cgroup driver's names are read too.
+    assert oom_cgroup_ids(f"oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/system.slice/docker-{OTHER}.scope,"
+                          f"task_memcg=/system.slice/docker-{OTHER}.scope,task=python3") == {OTHER}
+    assert oom_cgroup_ids(f"Killed process 7 oom_memcg=/docker/{CID}") == set()
+    log.close()
+
+
+def test_kernel_oom_log_that_cannot_be_read_says_so(tmp_path: Path) -> None:
+    log = KernelOomLog(str(tmp_path / "absent"))
+    assert log.saw_oom(CID) is None
+    assert log.saw_oom(CID) is None  # and does not try again each time
 
 
 def test_other_signal_and_plain_exit() -> None:

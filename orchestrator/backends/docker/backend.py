@@ -51,6 +51,7 @@ from ..mounts import EXPORT_MOUNT, MODELS_MOUNT, ModelMounts
 from ..unix import SocketRoot, UnixSocketChannel, mount_tmpfs, worker_tmpfs_options
 from .egress import EgressNetwork
 from .engine import Engine
+from .kmsg import KernelOomLog
 from .render import (
     CONTAINER_GID,
     CONTAINER_UID,
@@ -142,6 +143,7 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
         # Bounded memory of containers mlbridge ended, and of exit infos read before removal.
         self._stopped: OrderedDict[str, str] = OrderedDict()  # container id -> "stop" | "kill"
         self._final: OrderedDict[str, ExitInfo] = OrderedDict()
+        self._kernel_oom = KernelOomLog()
         self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._scope = scope
         self._egress: EgressNetwork | None = None
@@ -295,18 +297,22 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
                             image_id=image, backend=self.name)
 
     def _final_info(self, cid: str) -> ExitInfo | None:
-        # The engine may handle a container's exit before the kernel's OOM notice,
-        # so a SIGKILL exit mlbridge did not cause gets a moment to gain its OOM flag.
+        # The engine may handle a container's exit before the kernel's OOM notice, or
+        # miss it (containerd drops an OOM event whose cgroup is already gone), so a
+        # SIGKILL exit mlbridge did not cause is checked against the kernel's log
+        # and gets a moment to gain the engine's OOM flag.
         settle = time.monotonic() + OOM_SETTLE_S
         while True:
             attrs = self.engine.inspect(cid)
             if attrs is None:
                 return ExitInfo(exit_code=None, reason="container was removed")
             state = attrs.get("State") or {}
-            info = exit_info_from_state(state, (attrs.get("HostConfig") or {}).get("Memory"),
-                                        self._stopped.get(cid))
+            memory = (attrs.get("HostConfig") or {}).get("Memory")
+            info = exit_info_from_state(state, memory, self._stopped.get(cid))
             unexplained_kill = (info is not None and info.exit_code == 137 and not info.oom_killed
                                 and cid not in self._stopped)
+            if unexplained_kill and self._kernel_oom.saw_oom(cid):
+                return exit_info_from_state(state, memory, None, kernel_oom=True)
             if not unexplained_kill or time.monotonic() >= settle:
                 return info
             time.sleep(0.1)
@@ -503,6 +509,7 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
             await self.close_egress()
         await self._run(self.engine.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._kernel_oom.close()
         if self._mounts is not None:
             self._mounts.close()
         self.sockets.close()  # also directories of workers removed behind the backend's back

@@ -8,9 +8,12 @@ The engine records an OOM event of the container's memory cgroup (cgroup v1
 victim, and shows it as ``State.OOMKilled`` once the container has exited
 (seen on Docker 20.10, cgroup v1: the flag stays false while the container
 runs, even after a ``docker exec`` process was OOM-killed, and is true after
-a later clean stop). So :meth:`~.backend.DockerBackend.exit_info` reports an OOM death
-only when the flag is set *and* the container died of a SIGKILL (137) that
-mlbridge did not send; the flag with any other exit is reported as a reason
+a later clean stop). When the host is busy, containerd can drop the OOM event
+altogether (the cgroup is gone before it reads the notice), so a SIGKILL exit
+is also checked against the kernel's own log (:mod:`.kmsg`) where the
+orchestrator may read it. :meth:`~.backend.DockerBackend.exit_info` reports an OOM death
+only when the flag (or the kernel's record) is there *and* the container died
+of a SIGKILL (137) that mlbridge did not send; the flag with any other exit is reported as a reason
 ("an out-of-memory kill happened in the container earlier"). A 137 without
 the flag that mlbridge did not send is reported as "killed by SIGKILL from
 outside mlbridge". The cgroup is gone once the container has exited, so for
@@ -35,20 +38,22 @@ _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 def exit_info_from_state(state: dict[str, Any], memory_limit: int | None = None,
-                         stopped_by_us: str | None = None) -> ExitInfo | None:
+                         stopped_by_us: str | None = None, kernel_oom: bool = False) -> ExitInfo | None:
     """How a container ended, from ``docker inspect``'s ``State``; None while it runs.
 
     Args:
         state: the ``State`` object of ``docker inspect``.
         memory_limit: ``HostConfig.Memory`` in bytes (0 or None: no limit).
         stopped_by_us: ``"stop"`` or ``"kill"`` when mlbridge ended it, else None.
+        kernel_oom: the kernel logged an OOM kill in the container's memory cgroup
+            (:mod:`.kmsg`), which stands for the flag when the engine missed the event.
     """
     status = str(state.get("Status", "")).lower()
     if status in _RUNNING or state.get("Running"):
         return None
     code = state.get("ExitCode")
     limit = memory_limit or None
-    flagged = bool(state.get("OOMKilled"))
+    flagged = bool(state.get("OOMKilled")) or kernel_oom
     error = str(state.get("Error") or "")
     if error:
         return ExitInfo(exit_code=code, reason=f"could not run: {error}", memory_limit=limit)
