@@ -181,8 +181,10 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"calls {s['calls_total']}  errors {s['errors_total']}  in flight {s['in_flight']}  "
           f"resources {s['resources']}")
     print()
-    print(_table([[n, f"{b['ready']}/{b['pool_size']}", "ok" if b["ready"] else "DOWN", b["last_error"][:50]]
-                  for n, b in sorted(s["bridges"].items())], ["BRIDGE", "READY/POOL", "HEALTH", "LAST ERROR"]))
+    print(_table([[n, b["ready"], f"{b['spares']}/{b['spare_target']}", f"{b['pool_size']}-{b['max_spares']}",
+                   b["held"], b["claims_per_min"], "ok" if b["ready"] else "DOWN", b["last_error"][:50]]
+                  for n, b in sorted(s["bridges"].items())],
+                 ["BRIDGE", "READY", "SPARES/TARGET", "MIN-MAX", "HELD", "CLAIMS/MIN", "HEALTH", "LAST ERROR"]))
     print()
     print(_table([[w["worker_id"], w["bridge"], w["state"], w["tenant"] or "(spare)", w["calls"], w["errors"],
                    w["in_flight"]] for w in s["workers"]],

@@ -115,7 +115,18 @@ class BridgeConfig(BaseModel):
 
     runtime: str = Field(description="entry point name in mlbridge.bridges, or 'module:Class'")
     image: str | None = Field(None, description="docker image; default mlbridge/<bridge>:<version>")
-    pool_size: int = Field(1, ge=0, le=64, description="warm workers kept ready")
+    pool_size: int = Field(1, ge=0, le=64, description=(
+        "ready spares kept at least; the pool keeps more while demand asks for them, up to max_spares"))
+    max_spares: int = Field(32, ge=0, le=256, description=(
+        "most ready spares kept when demand is high (never fewer than pool_size; also bounded by host memory)"))
+    spare_window_s: float = Field(600.0, gt=0, description=(
+        "how long the busiest burst of claims is remembered when sizing the spares"))
+    held: int = Field(2, ge=0, le=64, description=(
+        "containers started ahead whose runtime waits to be released (an idle interpreter each, a few MB): "
+        "a worker that has to be started takes one instead of paying for a container start"))
+    startup_cpus: float = Field(1.0, ge=0, le=1024, description=(
+        "CPU limit while a worker's runtime starts, before any tenant code runs; limits.cpus applies once it "
+        "is ready (never lower than limits.cpus; 0 turns the boost off)"))
     max_workers: int = Field(8, ge=1, le=256, description="upper bound on workers for this bridge")
     workers_per_tenant: int = Field(1, ge=1, le=64, description=(
         "workers one tenant may claim; with 1, all of a tenant's resources of this bridge share a worker "

@@ -1,10 +1,19 @@
 """Per-bridge worker pools: warm tenant-neutral spares, claims, replacement.
 
-A pool keeps ``pool_size`` ready spares. The first call of a tenant claims a
-spare: the :class:`~orchestrator.claims.ClaimPipeline` hands the worker to
-that tenant (limits, secrets, egress, Configure, replay, naming, in that
-order), and it serves only that tenant for the rest of its life; the pool
-refills the spare in the background. A worker that dies or misbehaves is
+A pool keeps ready spares: at least ``pool_size``, more while demand asks
+for them (:mod:`orchestrator.spares`), up to ``max_spares``. The first call
+of a tenant claims a spare: the :class:`~orchestrator.claims.ClaimPipeline`
+hands the worker to that tenant (limits, secrets, egress, Configure, replay,
+naming, in that order), and it serves only that tenant for the rest of its
+life; the pool refills the spare in the background. Claims of different
+tenants run side by side; one tenant's concurrent first calls claim once.
+
+Behind the spares, a backend that can hold workers (:class:`SupportsHold`)
+keeps ``held`` workers started but not running their runtime: a worker the
+pool has to start (a spare, or a claim that found none ready) takes one of
+those instead of paying for a container start, and the pool holds another.
+A worker starts with ``startup_cpus`` and gets its bridge's CPU limit as
+soon as it is ready, before any tenant code can run. A worker that dies or misbehaves is
 retired (killed) and its place refilled. Released workers are destroyed,
 never reused. Stopping drains: workers take no new calls, and those in
 flight get a grace period to finish.
@@ -21,14 +30,16 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from runtimes.wire.errors import MLBridgeError, QuotaExceeded, Unavailable
 
-from .backends.base import Backend, WorkerSpec
+from .backends.base import Backend, SupportsHold, WorkerHandle, WorkerSpec
 from .claims import ClaimPipeline
-from .config import BridgeConfig
+from .config import BridgeConfig, WorkerLimits
+from .spares import SpareDemand, memory_cap
 from .worker import Worker
 
 log = logging.getLogger("mlbridge.pool")
@@ -37,6 +48,10 @@ MONITOR_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 2.0
 #: How long stopping waits for calls in flight before it stops their workers.
 DRAIN_S = 5.0
+#: Spares started at once (starts compete for the engine and the CPU).
+MAX_PARALLEL_STARTS = 4
+#: A spare above the target waits this long (ready and unclaimed) before it is retired.
+SURPLUS_IDLE_S = 30.0
 
 Listener = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
 
@@ -65,10 +80,18 @@ class Pool:
         self.claims = claims
         self.listeners = tuple(listeners)
         self.workers: dict[str, Worker] = {}
-        self._spares: asyncio.Queue[Worker] = asyncio.Queue()
+        self._spares: deque[Worker] = deque()  # oldest first
+        self._spare_since: dict[str, float] = {}
         self._starting = 0
+        self._spare_starts = 0
+        self._waiters: deque[asyncio.Future[Worker]] = deque()  # claims waiting for a worker to start
+        self._held: deque[WorkerHandle] = deque()
+        self._holding = 0
         self._refill_tasks: set[asyncio.Task[None]] = set()
-        self._claim_lock = asyncio.Lock()
+        self._tenant_locks: dict[str, tuple[asyncio.Lock, int]] = {}  # tenant -> (lock, callers using it)
+        self.demand = SpareDemand(cfg.pool_size, cfg.max_spares, cfg.spare_window_s)
+        self.cold_starts = 0
+        self.held_starts = 0
         self.closed = False
         self.last_error: str = ""
         self._monitor: asyncio.Task[None] | None = None
@@ -82,6 +105,7 @@ class Pool:
         if errors and len(errors) == len(results):
             raise errors[0]
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
+        self._refill_held()
 
     async def _watch(self) -> None:
         """Replace workers that die or stop answering while idle, before a call lands on them.
@@ -94,6 +118,9 @@ class Pool:
         misses: dict[str, int] = {}
         while not self.closed:
             await asyncio.sleep(MONITOR_INTERVAL_S)
+            await self._check_held()
+            await self._retire_surplus()
+            self._refill()
             for worker in [w for w in self.workers.values() if w.state == "ready"]:
                 try:
                     info = await self.backend.exit_info(worker.handle)
@@ -128,6 +155,9 @@ class Pool:
             self._monitor.cancel()
         for t in list(self._refill_tasks):
             t.cancel()
+        self._fail_waiters(Unavailable(f"bridge {self.name!r} is shutting down"))
+        held, self._held = list(self._held), deque()
+        await asyncio.gather(*(self.backend.stop(h, kill=True, timeout=1.0) for h in held), return_exceptions=True)
         for w in self.workers.values():
             if w.state == "ready":
                 w.state = "draining"
@@ -137,50 +167,199 @@ class Pool:
         await asyncio.gather(*(self._destroy(w, "orchestrator stopping", kill=False) for w in list(self.workers.values())),
                              return_exceptions=True)
 
+    def _spec(self, *, hold: bool = False) -> WorkerSpec:
+        return WorkerSpec(worker_id=f"{self.name}-{uuid.uuid4().hex[:10]}", bridge=self.name, config=self.cfg,
+                          orchestrator_id=self.orchestrator_id, max_message_bytes=self.max_message_bytes,
+                          hold=hold, startup_cpus=self.cfg.startup_cpus)
+
+    def _at_capacity(self) -> QuotaExceeded:
+        return QuotaExceeded(f"bridge {self.name!r} already runs its maximum of {self.cfg.max_workers} workers",
+                             details={"quota": "max_workers", "limit": self.cfg.max_workers})
+
     async def _start_worker(self) -> Worker:
         if len(self.workers) + self._starting >= self.cfg.max_workers:
-            raise QuotaExceeded(
-                f"bridge {self.name!r} already runs its maximum of {self.cfg.max_workers} workers",
-                details={"quota": "max_workers", "limit": self.cfg.max_workers},
-            )
-        wid = f"{self.name}-{uuid.uuid4().hex[:10]}"
-        spec = WorkerSpec(worker_id=wid, bridge=self.name, config=self.cfg, orchestrator_id=self.orchestrator_id,
-                          max_message_bytes=self.max_message_bytes)
+            raise self._at_capacity()
         self._starting += 1
         try:
-            handle = await self.backend.start(spec)
-            worker = Worker(handle, self.max_message_bytes)
-            self.workers[wid] = worker
-            try:
-                await worker.wait_ready(self.backend, self.cfg.start_timeout_s)
-            except BaseException:
-                await self._destroy(worker, "failed to become ready", kill=True)
-                raise
+            worker = None
+            if (handle := await self._take_held()) is not None:
+                try:
+                    worker = await self._launch(handle)
+                    worker.origin = "held"
+                    self.held_starts += 1
+                except Unavailable as exc:  # it died while held: start one from nothing instead
+                    log.warning("bridge %s: held worker %s did not start (%s); starting another",
+                                self.name, handle.worker_id, exc)
+            if worker is None:
+                worker = await self._launch(await self.backend.start(self._spec()))
+                worker.origin = "cold"
+                self.cold_starts += 1
         except MLBridgeError as exc:
             self.last_error = str(exc)
             raise
         finally:
             self._starting -= 1
+            self._refill_held()
         await self._emit("worker_start", worker, {"ready_ms": round(worker.ready_after_s * 1000, 1)})
         return worker
 
+    async def _launch(self, handle: WorkerHandle) -> Worker:
+        """Wait until a started (or just released) worker is ready, then give it its bridge's CPU limit."""
+        worker = Worker(handle, self.max_message_bytes)
+        self.workers[handle.worker_id] = worker
+        try:
+            await worker.wait_ready(self.backend, self.cfg.start_timeout_s)
+            if handle.boosted:
+                await self.backend.apply_limits(handle, WorkerLimits(cpus=self.cfg.limits.cpus))
+                handle.boosted = False
+        except BaseException:
+            await self._destroy(worker, "failed to become ready", kill=True)
+            raise
+        return worker
+
+    # -- held workers ----------------------------------------------------------
+    @property
+    def _can_hold(self) -> bool:
+        return self.cfg.held > 0 and isinstance(self.backend, SupportsHold)
+
+    async def _take_held(self) -> WorkerHandle | None:
+        """Release the oldest held worker; None when there is none."""
+        while self._held and self._can_hold:
+            handle = self._held.popleft()
+            try:
+                assert isinstance(self.backend, SupportsHold)
+                await self.backend.release(handle)
+                return handle
+            except MLBridgeError as exc:
+                log.warning("bridge %s: could not release held worker %s: %s", self.name, handle.worker_id, exc)
+                with contextlib.suppress(Exception):
+                    await self.backend.stop(handle, kill=True, timeout=1.0)
+        return None
+
+    def _refill_held(self) -> None:
+        if self.closed or not self._can_hold:
+            return
+        while len(self._held) + self._holding < self.cfg.held:
+            self._holding += 1
+            self._spawn(self._hold_one(), "hold a worker")
+
+    async def _hold_one(self) -> None:
+        try:
+            handle = await self.backend.start(self._spec(hold=True))
+        finally:
+            self._holding -= 1
+        if self.closed:
+            await self.backend.stop(handle, kill=True, timeout=1.0)
+        else:
+            self._held.append(handle)
+
+    async def _check_held(self) -> None:
+        """Drop held workers that died while waiting (a held worker has no runtime to probe)."""
+        for handle in list(self._held):
+            info = await self.backend.exit_info(handle)
+            if info is not None and handle in self._held:
+                self._held.remove(handle)
+                log.warning("bridge %s: held worker %s ended: %s", self.name, handle.worker_id, info.describe())
+                with contextlib.suppress(Exception):
+                    await self.backend.stop(handle, kill=True, timeout=1.0)
+        self._refill_held()
+
+    # -- spares ----------------------------------------------------------------
+    def spare_target(self) -> int:
+        """Ready spares the pool aims for now (see :mod:`orchestrator.spares`)."""
+        return self.demand.target(memory_cap(self.cfg.limits.memory_bytes, len(self._spares)))
+
     async def _start_spare(self) -> None:
-        worker = await self._start_worker()
-        self._spares.put_nowait(worker)
+        self._deliver(await self._start_worker())
+
+    def _deliver(self, worker: Worker) -> None:
+        """A worker just became ready: to the longest-waiting claim, else to the spares."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(worker)
+                return
+        self._spares.append(worker)
+        self._spare_since[worker.id] = time.monotonic()
+
+    async def _next_started(self) -> Worker:
+        """Wait for the next worker the pool starts (claims that found no spare take them in turn)."""
+        fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._refill()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._deliver(fut.result())  # the caller gave up just as it came: someone else's
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+            raise
+
+    def _fail_waiters(self, exc: BaseException, count: int | None = None) -> None:
+        """Fail ``count`` waiting claims (the newest first; all when None) with ``exc``."""
+        n = len(self._waiters) if count is None else count
+        while n > 0 and self._waiters:
+            fut = self._waiters.pop()
+            if not fut.done():
+                fut.set_exception(exc)
+                n -= 1
 
     def _refill(self) -> None:
-        if self.closed or self._spares.qsize() + self._starting >= self.cfg.pool_size:
+        """Start workers until ready and starting ones cover the spare target and the waiting claims."""
+        if self.closed:
             return
+        waiting = sum(1 for f in self._waiters if not f.done())
+        missing = self.spare_target() + waiting - len(self._spares) - self._spare_starts
+        room = self.cfg.max_workers - len(self.workers) - self._starting  # spares count as workers
+        for _ in range(max(0, min(missing, room, MAX_PARALLEL_STARTS - self._spare_starts))):
+            self._spare_starts += 1
+            self._spawn(self._refill_one(), "start a worker")
+        if waiting > self._spare_starts and room <= 0:
+            self._fail_waiters(self._at_capacity(), waiting - self._spare_starts)
+
+    async def _refill_one(self) -> None:
+        try:
+            await self._start_spare()
+        except QuotaExceeded as exc:  # claims took the room meanwhile
+            log.debug("bridge %s: no room for a worker: %s", self.name, exc)
+            if self._waiters:
+                self._refill()
+            return
+        except Exception as exc:  # noqa: BLE001 - the claim waiting longest gets the error
+            log.error("bridge %s: could not start a worker: %s", self.name, exc)
+            self._fail_waiters(exc if isinstance(exc, MLBridgeError) else Unavailable(str(exc)), 1)
+            if self._waiters:
+                self._refill()
+            return
+        finally:
+            self._spare_starts -= 1
+        self._refill()
+
+    async def _retire_surplus(self) -> None:
+        """Retire the longest-waiting spare when there are more than the target and it has waited long enough."""
+        if len(self._spares) <= self.spare_target():
+            return
+        oldest = self._spares[0]
+        if time.monotonic() - self._spare_since.get(oldest.id, 0.0) >= SURPLUS_IDLE_S:
+            self._spares.popleft()
+            self._spare_since.pop(oldest.id, None)
+            await self._destroy(oldest, "surplus spare (demand fell)", kill=False)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``coro`` in the background; failures are logged, never raised."""
 
         async def run() -> None:
             try:
-                await self._start_spare()
-            except Exception as exc:  # noqa: BLE001 - logged; the next claim starts on demand
-                log.error("bridge %s: could not refill a spare: %s", self.name, exc)
+                await coro
+            except Exception as exc:  # noqa: BLE001 - logged, never raised
+                log.warning("bridge %s: could not %s: %s", self.name, what, exc)
 
         task = asyncio.get_running_loop().create_task(run())
         self._refill_tasks.add(task)
         task.add_done_callback(self._refill_tasks.discard)
+        # A task cancelled before it ran (the pool stopping) never awaited ``coro``: close it quietly.
+        task.add_done_callback(lambda _: coro.close())
 
     # -- claiming --------------------------------------------------------------
     def claimed(self, tenant: str) -> list[Worker]:
@@ -197,47 +376,52 @@ class Pool:
         mine = self.claimed(tenant)
         best = min(mine, key=lambda w: w.in_flight, default=None)
         limit = max_workers if max_workers is not None else self.cfg.workers_per_tenant
-        if best is not None and (best.in_flight == 0 or len(mine) >= limit or self._spares.empty()):
+        if best is not None and (best.in_flight == 0 or len(mine) >= limit or not self._spares):
             return best
-        async with self._claim_lock:
-            mine = self.claimed(tenant)
-            best = min(mine, key=lambda w: w.in_flight, default=None)
-            if best is not None and (best.in_flight == 0 or len(mine) >= limit):
-                return best
-            return await self._claim(tenant)
+        # One claim at a time per tenant (its concurrent first calls claim once); tenants side by side.
+        lock, users = self._tenant_locks.get(tenant) or (asyncio.Lock(), 0)
+        self._tenant_locks[tenant] = (lock, users + 1)
+        try:
+            async with lock:
+                mine = self.claimed(tenant)
+                best = min(mine, key=lambda w: w.in_flight, default=None)
+                if best is not None and (best.in_flight == 0 or len(mine) >= limit):
+                    return best
+                return await self._claim(tenant)
+        finally:
+            lock, users = self._tenant_locks[tenant]
+            if users <= 1:
+                del self._tenant_locks[tenant]
+            else:
+                self._tenant_locks[tenant] = (lock, users - 1)
 
     async def _claim(self, tenant: str) -> Worker:
+        self.demand.record_claim()
         worker: Worker | None = None
-        while not self._spares.empty():
-            cand = self._spares.get_nowait()
+        while self._spares:
+            cand = self._spares.popleft()
+            self._spare_since.pop(cand.id, None)
             if cand.state == "ready":
                 worker = cand
+                worker.origin = "spare"
                 break
         if worker is None:
-            worker = await self._start_worker()  # cold start on demand
+            # No spare ready: take the next worker the pool starts (a held one when there is).
+            worker = await self._next_started()
+        else:
+            self._refill()  # the demand just rose: start what the new target asks for at once
         try:
             await self.claims.claim(worker, tenant, self.cfg, self._background)
         except Exception as exc:
             await self.retire(worker, f"claim failed: {exc}")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
         await self._emit("worker_claim", worker, {"tenant": tenant})
-        self._refill()  # after the claim, so starting the replacement does not slow it down
         return worker
 
     def _background(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         """Run housekeeping off the caller's path; failures are logged, never raised."""
 
-        async def run() -> None:
-            try:
-                await coro
-            except Exception as exc:  # noqa: BLE001
-                log.warning("bridge %s: could not %s: %s", self.name, what, exc)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._refill_tasks.add(task)
-        task.add_done_callback(self._refill_tasks.discard)
-        # A task cancelled before it ran (the pool stopping) never awaited ``coro``: close it quietly.
-        task.add_done_callback(lambda _: coro.close())
+        self._spawn(coro, what)
 
     # -- retiring --------------------------------------------------------------
     async def retire(self, worker: Worker, reason: str, *, kill: bool = True) -> None:
@@ -257,6 +441,9 @@ class Pool:
     async def _destroy(self, worker: Worker, reason: str, *, kill: bool) -> None:
         usage = self.backend.usage(worker.handle)  # while it still runs: totals for the audit log
         self.workers.pop(worker.id, None)
+        if self._spare_since.pop(worker.id, None) is not None:
+            with contextlib.suppress(ValueError):
+                self._spares.remove(worker)
         worker.state = "dead"
         worker.death = worker.death or reason
         await worker.close()
@@ -271,6 +458,23 @@ class Pool:
                 await res
 
     # -- facts -----------------------------------------------------------------
+    def facts(self) -> dict[str, Any]:
+        """Spares, their target and the demand behind it, held workers, starts by kind (status, metrics)."""
+        return {
+            "ready": self.ready_count,
+            "spares": len(self._spares),
+            "spare_target": self.spare_target(),
+            "pool_size": self.cfg.pool_size,
+            "max_spares": max(self.cfg.pool_size, self.cfg.max_spares),
+            "claims_peak": self.demand.peak(),
+            "claims_per_min": self.demand.rate(),
+            "held": len(self._held),
+            "held_starts": self.held_starts,
+            "cold_starts": self.cold_starts,
+            "starting": self._starting,
+            "last_error": self.last_error,
+        }
+
     @property
     def ready_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == "ready")

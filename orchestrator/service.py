@@ -481,8 +481,7 @@ class Orchestrator:
             "in_flight": len(self.runner.inflight),
             "resources": self.registry.total(),
             "workers": workers,
-            "bridges": {n: {"ready": p.ready_count, "pool_size": p.cfg.pool_size, "last_error": p.last_error}
-                        for n, p in self.pools.items()},
+            "bridges": {n: p.facts() for n, p in self.pools.items()},
         }
 
     # -- counting -------------------------------------------------------------------------

@@ -18,6 +18,9 @@ from runtimes.wire.proto import runtime_pb2_grpc as rpb_grpc
 from .backends.base import Backend, WorkerHandle
 from .session import SessionGroup
 
+#: While waiting for a worker to become ready, how often the backend is asked whether it died.
+ALIVE_CHECK_S = 0.1
+
 
 def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
     return [
@@ -45,6 +48,9 @@ class Worker:
     in_flight: int = 0
     started_at: float = field(default_factory=time.monotonic)
     ready_after_s: float = 0.0
+    #: How it was started: "cold" (from nothing) or "held" (a held worker released); "spare" once
+    #: a claim found it ready.
+    origin: str = ""
     last_used: float = field(default_factory=time.monotonic)
     channel: grpc.aio.Channel | None = None
     stub: rpb_grpc.RuntimeStub | None = None
@@ -69,26 +75,33 @@ class Worker:
     async def wait_ready(self, backend: Backend, timeout: float) -> None:
         """Wait strategy: poll grpc health over the control channel until SERVING.
 
-        Polls every few milliseconds (backing off to 50 ms), gives up at
-        ``timeout`` or as soon as the backend reports the worker exited.
+        Looks for the socket every few milliseconds (backing off to 10 ms),
+        then asks grpc health; gives up at ``timeout`` or as soon as the
+        backend reports the worker exited (asked every ``ALIVE_CHECK_S``).
 
         Raises:
             Unavailable: the worker exited or did not become ready in time;
                 the message carries the tail of its log.
         """
         deadline = time.monotonic() + timeout
-        delay = 0.005
+        # The socket file appears when the runtime's server binds, moments before it serves: a
+        # stat every few milliseconds sees it at once; asking the backend whether the worker
+        # died (an engine round trip for docker) is kept to every ALIVE_CHECK_S.
+        delay = 0.002
+        alive_check = time.monotonic() + ALIVE_CHECK_S
         # First wait for the endpoint itself (a unix socket's file): dialling a
         # missing one would put the channel into reconnect backoff.
         while not self.handle.channel.present():
-            await self._check_alive(backend, deadline, timeout)
+            if time.monotonic() >= alive_check:
+                await self._check_alive(backend, deadline, timeout)
+                alive_check = time.monotonic() + ALIVE_CHECK_S
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.2, 0.01)
         if self.channel is None:
             self.connect()
         assert self.channel is not None
         health: Any = health_pb2_grpc.HealthStub(self.channel)
-        delay = 0.005
+        delay = 0.002
         while True:
             self.handle.channel.check()
             try:
@@ -163,4 +176,5 @@ class Worker:
             "backend": self.handle.backend,
             "image_id": self.handle.image_id,
             "ready_after_ms": round(self.ready_after_s * 1000, 1),
+            "origin": self.origin,
         }

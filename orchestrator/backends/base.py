@@ -37,6 +37,7 @@ __all__ = [
     "ExitInfo",
     "SupportsEgress",
     "SupportsGpus",
+    "SupportsHold",
     "SupportsModels",
     "WorkerHandle",
     "WorkerLimits",
@@ -68,6 +69,10 @@ class WorkerSpec:
     config: BridgeConfig
     orchestrator_id: str
     max_message_bytes: int
+    #: Start the container but hold the runtime until :meth:`SupportsHold.release`.
+    hold: bool = False
+    #: CPU limit while the runtime starts (backends that can change it in place); 0 = limits.cpus.
+    startup_cpus: float = 0.0
 
     @property
     def runtime(self) -> str:
@@ -117,6 +122,10 @@ class WorkerHandle:
     ref: Any = None  # backend-specific: a process, a container id
     image_id: str = ""
     backend: str = ""
+    #: Started with ``startup_cpus``: the pool lowers the CPU limit to the bridge's once it is ready.
+    boosted: bool = False
+    #: Waiting for :meth:`SupportsHold.release`.
+    held: bool = False
 
     @property
     def address(self) -> str:
@@ -264,4 +273,24 @@ class SupportsModels(Protocol):
 
     def export_dir(self, handle: WorkerHandle) -> tuple[str, Path] | None:
         """(the path the worker writes exports to, the same directory on the host); None when it has none."""
+        ...
+
+
+@runtime_checkable
+class SupportsHold(Protocol):
+    """A backend that can start a worker ahead of need and hold its runtime until asked.
+
+    ``start`` with ``WorkerSpec.hold`` pays for everything but the runtime's own
+    start (for docker: creating and starting the container); the handle it returns
+    is ``held``. ``release`` lets the runtime start; the caller then waits for it
+    to become ready as after any start. A held worker whose orchestrator goes away
+    exits without starting its runtime. Stopping a held worker is ``stop``.
+    """
+
+    async def release(self, handle: WorkerHandle) -> None:
+        """Let a held worker's runtime start.
+
+        Raises:
+            Unavailable: the worker is gone (its hold can no longer be released).
+        """
         ...

@@ -19,7 +19,8 @@ from typing import Any
 from orchestrator.config import Config
 from runtimes.wire.errors import ConfigError
 
-from .base import Backend, ExitInfo, WorkerHandle, WorkerSpec
+from .base import Backend, ExitInfo, SupportsHold, WorkerHandle, WorkerSpec
+from .hold import Holds
 from .unix import SocketRoot, UnixSocketChannel
 
 log = logging.getLogger("mlbridge.backend.process")
@@ -31,7 +32,7 @@ WARNING = (
 )
 
 
-class ProcessBackend(Backend):
+class ProcessBackend(Backend, SupportsHold):
     """Runs each worker as a subprocess serving on a unix socket in its own directory.
 
     Args:
@@ -43,6 +44,7 @@ class ProcessBackend(Backend):
     def __init__(self, socket_root: Path | None = None) -> None:
         self._warned = False
         self.sockets = SocketRoot(socket_root)
+        self._holds = Holds()
 
     async def prepare(self, config: Config) -> None:
         """Check that every bridge's required packages are installed here (workers import them from this Python).
@@ -74,17 +76,27 @@ class ProcessBackend(Backend):
         env["PYTHONPATH"] = os.pathsep.join(paths)
         for k, v in spec.labels.items():
             env["MLBRIDGE_LABEL_" + k.rsplit(".", 1)[-1].upper()] = v
+        if spec.hold:
+            self._holds.hold(spec.worker_id, channel.socket_dir)
         logfile = open(channel.socket_dir / "worker.log", "ab")  # noqa: SIM115 - owned by the process
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtimes.core", "--bridge", spec.runtime, "--socket", str(channel.path),
+                sys.executable, "-m", "runtimes.start", "--bridge", spec.runtime, "--socket", str(channel.path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
                 start_new_session=True,
             )
+        except BaseException:
+            self._holds.drop(spec.worker_id)
+            raise
         finally:
             logfile.close()
         return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=channel, ref=proc,
-                            backend=self.name)
+                            backend=self.name, held=spec.hold)
+
+    async def release(self, handle: WorkerHandle) -> None:
+        """Let a held worker's runtime start (see :mod:`runtimes.start`)."""
+        self._holds.release(handle.worker_id)
+        handle.held = False
 
     async def stop(self, handle: WorkerHandle, *, kill: bool = False, timeout: float = 5.0) -> None:
         proc: asyncio.subprocess.Process = handle.ref
@@ -97,6 +109,7 @@ class ProcessBackend(Backend):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        self._holds.drop(handle.worker_id)
         assert isinstance(handle.channel, UnixSocketChannel)
         with contextlib.suppress(FileNotFoundError):
             handle.channel.path.unlink()
@@ -151,4 +164,5 @@ class ProcessBackend(Backend):
         return str(path), path
 
     async def close(self) -> None:
+        self._holds.close()
         self.sockets.close()

@@ -77,10 +77,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 
 def _at_rest(srv: ServerThread, bridge: str = "custom") -> None:
-    """Wait until the pool's spare is back and nothing is starting."""
+    """Wait until the pool's spare is back and nothing is starting (nor being held)."""
     pool = srv.orch.pools[bridge]
     end = time.monotonic() + 60
-    while pool._starting or not any(not w.tenant and w.state == "ready" for w in pool.workers.values()):
+    while (pool._starting or pool._holding or pool._spare_starts
+           or not any(not w.tenant and w.state == "ready" for w in pool.workers.values())):
         assert time.monotonic() < end, "the pool did not refill its spare"
         time.sleep(0.05)
 
@@ -119,5 +120,6 @@ def test_replayed_code_runs_under_the_tenants_lower_limits(srv: ServerThread) ->
 def test_no_leftover_socket_dirs(srv: ServerThread) -> None:
     _at_rest(srv)
     live = {w.id for p in srv.orch.pools.values() for w in p.workers.values()}
+    live |= {h.worker_id for p in srv.orch.pools.values() for h in p._held}  # started, runtime waiting
     on_disk = {p.name for p in Path(srv.app.backend.sockets.root).iterdir()}  # type: ignore[attr-defined]
     assert on_disk == live

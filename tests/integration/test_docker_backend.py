@@ -34,9 +34,12 @@ import pytest
 
 from orchestrator.backends.base import WorkerHandle, WorkerSpec
 from orchestrator.backends.docker import DockerBackend
+from orchestrator.claims import NO_SETTINGS, ClaimPipeline
 from orchestrator.config import BridgeConfig, Config
 from orchestrator.images import verify_image
-from runtimes.wire.errors import ConfigError
+from orchestrator.pool import Pool
+from orchestrator.registry import Registry
+from runtimes.wire.errors import ConfigError, Unavailable
 from runtimes.wire.proto import runtime_pb2, runtime_pb2_grpc
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
@@ -551,3 +554,74 @@ def test_missing_images_are_config_errors(workers: Workers) -> None:
     spec = workers.spec(image="localhost/not-pulled-here:1")
     with pytest.raises(ConfigError, match="not present in the Docker engine"):
         workers.run(workers.backend.start(spec))
+
+
+# -- held workers and the start-up CPU boost ---------------------------------------------------
+
+
+def test_a_held_container_waits_cheaply_then_serves_once_released(workers: Workers,
+                                                                  client: docker.DockerClient) -> None:
+    spec = workers.spec(limits={"cpus": 0.5, "memory": "256m"})
+    spec.hold, spec.startup_cpus = True, 1.0
+    handle = workers.start(spec)
+    assert handle.held and handle.boosted
+    time.sleep(1.5)
+    attrs = client.api.inspect_container(handle.ref)
+    assert attrs["State"]["Running"] and attrs["HostConfig"]["NanoCpus"] == 1_000_000_000
+    assert not Path(handle.address.removeprefix("unix://")).exists(), "a held worker does not serve"
+    held_memory = workers.run(workers.backend.stats(handle, max_age_s=0))["memory_bytes"]
+    assert held_memory < 12 * MIB, f"a held worker uses {held_memory / MIB:.1f} MiB"
+    workers.run(workers.backend.release(handle))
+    assert not handle.held
+    wait_ping(handle)
+    ready_memory = workers.run(workers.backend.stats(handle, max_age_s=0))["memory_bytes"]
+    print(f"held worker: {held_memory / MIB:.1f} MiB; the same worker serving: {ready_memory / MIB:.1f} MiB")
+    assert ready_memory > held_memory
+    with pytest.raises(Unavailable, match="not held"):
+        workers.run(workers.backend.release(handle))
+
+
+def test_a_held_container_exits_when_its_orchestrator_end_closes(workers: Workers,
+                                                                 client: docker.DockerClient) -> None:
+    """Dropping the hold is what the kernel does to the FIFO when the orchestrator dies."""
+    spec = workers.spec()
+    spec.hold = True
+    handle = workers.start(spec)
+    time.sleep(1.0)
+    workers.backend._holds.drop(handle.worker_id)
+    deadline = time.monotonic() + 20
+    while client.api.inspect_container(handle.ref)["State"]["Running"]:
+        assert time.monotonic() < deadline, "a held worker outlived its hold"
+        time.sleep(0.1)
+    assert client.api.inspect_container(handle.ref)["State"]["ExitCode"] == 0
+    assert not Path(handle.address.removeprefix("unix://")).exists(), "it never served"
+
+
+def test_a_pool_claim_takes_a_held_worker_and_lowers_its_cpu_limit(workers: Workers,
+                                                                   client: docker.DockerClient) -> None:
+    cfg = BridgeConfig.model_validate({"runtime": MOCK_RUNTIME, "pool_size": 0, "max_spares": 0, "held": 1,
+                                       "startup_cpus": 1.0, "limits": {"cpus": 0.5, "memory": "256m"}})
+    pool = Pool("mock", cfg, workers.backend, orchestrator_id=workers.orchestrator_id, max_message_bytes=4 * MIB,
+                claims=ClaimPipeline(workers.backend, Registry(":memory:"), NO_SETTINGS))
+
+    async def scenario() -> tuple[Any, str]:
+        await pool.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not pool._held:
+                assert time.monotonic() < deadline, "no worker was held"
+                await asyncio.sleep(0.05)
+            held = pool._held[0]
+            worker = await pool.acquire("alice")
+            assert worker.id == held.worker_id and worker.origin == "held"
+            nano = client.api.inspect_container(worker.handle.ref)["HostConfig"]["NanoCpus"]
+            return nano, worker.tenant
+        finally:
+            for w in list(pool.workers.values()):
+                workers.container_ids.append(w.handle.ref)
+            workers.container_ids.extend(h.ref for h in pool._held)
+            await pool.stop(drain_s=0)
+
+    nano, tenant = workers.run(scenario())
+    assert tenant == "alice"
+    assert nano == 500_000_000, "the worker kept its start-up CPU boost after it was ready"

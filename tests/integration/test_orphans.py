@@ -5,7 +5,9 @@ and none received for ``MLBRIDGE_ORPHAN_GRACE_S`` means the orchestrator is
 gone. Both backends: process workers (their own sessions, so a SIGKILL of
 the orchestrator does not take them along) and hardened docker containers.
 While the orchestrator lives, its health probes and session streams keep
-every worker, idle or busy, well past the grace.
+every worker, idle or busy, well past the grace. Held workers (started, their
+runtime waiting on a FIFO whose only writer is the orchestrator) exit as soon
+as the orchestrator dies.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ bridges:
   mock:
     runtime: mock
     pool_size: 2
+    held: 2
     models: true
     env: {{MLBRIDGE_ORPHAN_GRACE_S: "{GRACE_S}"}}
     limits: {{cpus: 0.5, memory: 256m, pids: 64}}
@@ -77,7 +80,7 @@ def _runtime_pids() -> set[int]:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"runtimes.core" in cmd and b"runtimes.mock:MockBridge" in cmd:
+            if b"runtimes.start" in cmd and b"runtimes.mock:MockBridge" in cmd:
                 pids.add(int(entry.name))
     return pids
 
@@ -98,7 +101,7 @@ def test_process_workers_exit_after_their_orchestrator_is_killed(tmp_path: Path)
             assert mb.call("mock", "mock:echo", {"a": 1}) == {"a": 1}
             assert mb.call("mock", "mock:sleep", {"seconds": GRACE_S + 1.5})["slept"] >= GRACE_S  # a long call
         mine = _runtime_pids() - before
-        assert len(mine) >= 2
+        assert len(mine) >= 4  # two spares (one claimed and replaced) and two held
         time.sleep(GRACE_S + 1.5)  # well past the grace with the orchestrator alive: probes keep them
         assert all(_alive(p) for p in mine)
     finally:
@@ -126,11 +129,11 @@ def test_docker_workers_stop_after_their_orchestrator_is_killed(tmp_path: Path) 
     try:
         with MLBridge.connect(address) as mb:
             assert mb.call("mock", "mock:echo", {"a": 1}) == {"a": 1}
-        assert len(running()) >= 2
+        _wait_until(lambda: len(running()) >= 5, 60)  # claimed, two spares, two held
         mounted = mount_points(root)
         assert any(m.endswith(".x") for m in mounted) and any(m.endswith(".m") for m in mounted)
         time.sleep(GRACE_S + 1.5)
-        assert len(running()) >= 2  # alive while the orchestrator is
+        assert len(running()) >= 5  # alive while the orchestrator is
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -42,11 +42,13 @@ from ..base import (
     ExitInfo,
     SupportsEgress,
     SupportsGpus,
+    SupportsHold,
     WorkerHandle,
     WorkerLimits,
     WorkerSpec,
 )
 from ..gpus import GpuInventory, detect_gpus
+from ..hold import Holds
 from ..mounts import EXPORT_MOUNT, MODELS_MOUNT, ModelMounts
 from ..unix import SocketRoot, UnixSocketChannel, mount_tmpfs, worker_tmpfs_options
 from .egress import EgressNetwork
@@ -109,7 +111,7 @@ def prepare_socket_dir(channel: UnixSocketChannel) -> None:
     os.chmod(path, 0o700)
 
 
-class DockerBackend(Backend, SupportsEgress, SupportsGpus):
+class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
     """Runs each worker in its own hardened container (see :mod:`.render`).
 
     Args:
@@ -144,6 +146,7 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
         self._stopped: OrderedDict[str, str] = OrderedDict()  # container id -> "stop" | "kill"
         self._final: OrderedDict[str, ExitInfo] = OrderedDict()
         self._kernel_oom = KernelOomLog()
+        self._holds = Holds()
         self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._scope = scope
         self._egress: EgressNetwork | None = None
@@ -276,6 +279,8 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
                 # Its DNS forwards (should it join the egress network) then go nowhere: see .egress.
                 kwargs["dns"] = [self._egress.gateway]
             prepare_socket_dir(channel)
+            if spec.hold:
+                self._holds.hold(spec.worker_id, channel.socket_dir, (CONTAINER_UID, CONTAINER_GID))
             for attempt in (1, 2):
                 create, host = split_run_kwargs(kwargs)
                 try:
@@ -288,13 +293,20 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
                         continue
                     raise
         except BaseException:
+            self._holds.drop(spec.worker_id)
             self.sockets.release(channel)
             if spec.config.models:
                 self.mounts.release(spec.worker_id)
             raise
         log.debug("worker %s: container %s started from %s", spec.worker_id, cid[:12], image)
+        boosted = kwargs["nano_cpus"] > int(round(spec.config.limits.cpus * 1e9))
         return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=channel, ref=cid,
-                            image_id=image, backend=self.name)
+                            image_id=image, backend=self.name, boosted=boosted, held=spec.hold)
+
+    async def release(self, handle: WorkerHandle) -> None:
+        """Let a held worker's runtime start (see :mod:`runtimes.start`)."""
+        self._holds.release(handle.worker_id)
+        handle.held = False
 
     def _final_info(self, cid: str) -> ExitInfo | None:
         # The engine may handle a container's exit before the kernel's OOM notice, or
@@ -338,6 +350,7 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
             await self._run(self._stop_sync, cid, kill, timeout)
         finally:
             self._stats.pop(cid, None)
+            self._holds.drop(handle.worker_id)
             assert isinstance(handle.channel, UnixSocketChannel)
             self.sockets.release(handle.channel)
             if self._mounts is not None:
@@ -510,6 +523,7 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus):
         await self._run(self.engine.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._kernel_oom.close()
+        self._holds.close()
         if self._mounts is not None:
             self._mounts.close()
         self.sockets.close()  # also directories of workers removed behind the backend's back

@@ -9,6 +9,7 @@ uses the low-level API to skip the inspect round trip ``containers.run`` makes).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,8 @@ def render_run_kwargs(spec: WorkerSpec, image: str, socket_dir: Path, *, gpu_inv
         "pids_limit": limits.pids,
         "mem_limit": memory,
         "memswap_limit": memory,  # equal to the memory limit: no swap
-        "nano_cpus": int(round(limits.cpus * 1e9)),
+        # A boost while the runtime starts (no tenant code yet); the pool lowers it once ready.
+        "nano_cpus": int(round(max(limits.cpus, min(spec.startup_cpus, float(os.cpu_count() or 1))) * 1e9)),
         "ulimits": [Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile)],
         "ipc_mode": "private",
         "cgroupns": "private",

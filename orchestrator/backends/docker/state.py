@@ -1,7 +1,7 @@
 """What a worker container's engine state means: how it ended, what it uses.
 
 OOM detection. Workers run ``docker-init`` (``init=True``) over the image's
-``tini``, which runs ``python3 -m runtimes.core``. When the kernel OOM-kills
+``tini``, which runs ``python3 -m runtimes.start`` (then :mod:`runtimes.core`). When the kernel OOM-kills
 the Python runtime, tini exits with 128+9 = 137 and so does the container.
 The engine records an OOM event of the container's memory cgroup (cgroup v1
 ``memory.oom_control``, v2 ``memory.events``) whichever process was the
