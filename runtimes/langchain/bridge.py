@@ -68,6 +68,9 @@ _CREATE_CHAIN_SCHEMA: dict[str, Any] = {
 }
 
 
+_WARM_UP_CHAIN = {"prompt": {"template": "{x}"}, "model": {"provider": "fake", "responses": ["ok"]}, "parser": "str"}
+
+
 class LangChainBridge(LangChainBase):
     """Serves LangChain 1.x and LangGraph in one worker."""
 
@@ -84,10 +87,21 @@ class LangChainBridge(LangChainBase):
         # No tracing endpoint: a worker reaches only its tenant's allowlist, and sends no telemetry.
         os.environ["LANGSMITH_TRACING"] = os.environ["LANGCHAIN_TRACING_V2"] = "false"
         import langchain.agents  # noqa: F401 - warm the imports a first call would pay for
+        import langchain.chat_models  # noqa: F401
         import langchain_core.runnables  # noqa: F401
         import langgraph.checkpoint.memory  # noqa: F401
 
+        self._warm_up()
         install_log_redaction(lambda: list(self.secrets.values()))
+
+    def _warm_up(self) -> None:
+        """Build and run one tiny offline chain through this bridge's own code, so a tenant's first
+        call pays for none of LangChain's lazy imports and first-use work; the counters start at 0."""
+        ctx = CallContext(call_id="warm-up", command="langchain:invoke")
+        # On a thread of its own, as calls run: setup is called on the runtime's event loop.
+        self.executor.submit(lambda: self._runnable(ctx, dict(_WARM_UP_CHAIN)).run(ctx, {"x": "warm"}, None)).result()
+        with self._lock:
+            self._counts = dict.fromkeys(self._counts, 0)
 
     def translate_error(self, exc: BaseException) -> MLBridgeError | None:
         return errors.translate(exc, self.secrets.values())

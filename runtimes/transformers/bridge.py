@@ -67,6 +67,11 @@ class TransformersBridge(TransformersBase):
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         logging.getLogger("torch").setLevel(logging.ERROR)
         self._apply_threads()
+        import torch
+
+        # First use of the device query and of the CPU kernels, paid here rather than by a tenant's first call.
+        torch.cuda.is_available()
+        (torch.ones(8, 8) @ torch.ones(8, 8)).sum().item()
 
     def configure(self, tenant: str, secrets: dict[str, str]) -> None:
         super().configure(tenant, secrets)
