@@ -408,14 +408,13 @@ class Pool:
         if worker is None:
             # No spare ready: take the next worker the pool starts (a held one when there is).
             worker = await self._next_started()
-        else:
-            self._refill()  # the demand just rose: start what the new target asks for at once
         try:
             await self.claims.claim(worker, tenant, self.cfg, self._background)
         except Exception as exc:
             await self.retire(worker, f"claim failed: {exc}")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
         await self._emit("worker_claim", worker, {"tenant": tenant})
+        self._refill()  # after the claim, so starting replacements does not slow it down
         return worker
 
     def _background(self, coro: Coroutine[Any, Any, None], what: str) -> None:
