@@ -9,12 +9,14 @@ With the docker backend and each bridge's shipped configuration (its image and l
     ahead, its runtime waiting; the default), and from nothing;
   - the first framework call on a claimed spare, per bridge, beside the mock
     bridge's (frameworks are imported in the spare before the claim);
+  - the first model a tenant loads on a claimed transformers spare, with the
+    model preloaded in the spare (`preload_models`) and without;
   - a burst of 20 new tenants arriving within one second, on the mock bridge's
     default pool: claim latency p50/p99 and how many met a ready spare, for the
     first burst the pool sees and for the next one, once it has learned.
 
     python -m benchmarks.startup [--runs 10] [--bridges mock,custom,dspy,langchain,transformers]
-                                 [--sections baselines,cold,first,burst]
+                                 [--sections baselines,cold,first,preload,burst]
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import asyncio
 import json
 import random
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -35,6 +39,8 @@ from orchestrator.backends.docker import DockerBackend
 from orchestrator.claims import NO_SETTINGS, ClaimPipeline
 from orchestrator.config import BridgeConfig, Config, load_config
 from orchestrator.images import image_tag
+from orchestrator.models import ModelCatalog, ModelStore
+from orchestrator.models.tiny import make_tiny_model
 from orchestrator.pool import Pool
 from orchestrator.registry import Registry
 from runtimes.wire.proto import runtime_pb2 as rpb
@@ -119,6 +125,52 @@ async def first_call(backend: DockerBackend, name: str, cfg: BridgeConfig,
     finally:
         await pool.stop(drain_s=0)
     return first, again
+
+
+# A MiniLM-sized classifier (6 layers, hidden 384), random weights: big enough that loading it shows.
+PRELOAD_MODEL = {"hidden": 384, "layers": 6}
+
+
+async def preload_first_model(cfg: BridgeConfig, runs: int) -> dict[bool, list[float]]:
+    """Claim a transformers spare and create a ``model`` resource of the store's model, with the
+    model preloaded in the spare and without."""
+    tmp = Path(tempfile.mkdtemp(prefix="mlb-bench-"))
+    store = ModelStore(tmp / "store")
+    store.add(make_tiny_model(tmp / "model", "bert-classifier", **PRELOAD_MODEL), "bench-bert")
+    backend = DockerBackend(model_store=tmp / "store")
+    await backend.prepare(Config(bridges={"transformers": cfg}, model_store=tmp / "store"))
+    catalog = ModelCatalog(store, None, backend)
+    out: dict[bool, list[float]] = {}
+    try:
+        for preload in (False, True):
+            bcfg = cfg.model_copy(update={"pool_size": 1, "max_spares": 1, "held": 0,
+                                          "preload_models": ["bench-bert"] if preload else []})
+            pool = Pool("transformers", bcfg, backend, orchestrator_id=f"bench-{uuid.uuid4().hex[:6]}",
+                        max_message_bytes=16 << 20,
+                        claims=ClaimPipeline(backend, Registry(":memory:"), NO_SETTINGS, models=catalog))
+            await pool.start()
+            times = out[preload] = []
+            try:
+                for i in range(runs):
+                    await _settled(pool, spares=1)
+                    tenant = f"model-{i}"
+                    t = time.perf_counter()
+                    worker = await pool.acquire(tenant)
+                    assert worker.session is not None
+                    reply = await worker.session.request(rpb.CallRequest(
+                        call_id=uuid.uuid4().hex, command="common:create_resource", resource_type="model",
+                        resource_id="m1", args_json=json.dumps({"model": "bench-bert"}), tenant=tenant))
+                    times.append((time.perf_counter() - t) * 1000)
+                    if not reply.ok:
+                        raise RuntimeError(f"creating the model failed: {reply.error.message}")
+                    if json.loads(reply.result_json).get("info", {}).get("preloaded", False) != preload:
+                        raise RuntimeError("the model was not taken from where it was measured")
+                    await pool.release_tenant(tenant)
+            finally:
+                await pool.stop(drain_s=0)
+    finally:
+        await backend.close()
+    return out
 
 
 async def _burst(pool: Pool, tag: str) -> tuple[list[float], int]:
@@ -227,6 +279,15 @@ async def main(runs: int, bridges: list[str], sections: set[str]) -> None:
         for b in bridges:
             if b != "mock":
                 print(f"  {b} / mock p50: {percentiles(first[b])['p50'] / base:.2f}x  (target < 2x)")
+    if "transformers" in bridges and "preload" in sections:
+        print()
+        n = max(3, runs // 2)
+        print(f"first model on a claimed transformers spare (claim + create a model resource; "
+              f"{PRELOAD_MODEL['layers']}-layer, hidden-{PRELOAD_MODEL['hidden']} BERT classifier)")
+        loads = await preload_first_model(cfgs["transformers"], n)
+        print(line("  read from the model store on create (no preload)", loads[False]))
+        print(line("  preloaded in the spare (preload_models)", loads[True]))
+        print(f"  preloaded / read p50: {percentiles(loads[True])['p50'] / percentiles(loads[False])['p50']:.2f}x")
     if "mock" in bridges and "burst" in sections:
         print()
         mock = cfgs["mock"]
@@ -242,6 +303,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--bridges", default=",".join(BRIDGES))
-    ap.add_argument("--sections", default="baselines,cold,first,burst")
+    ap.add_argument("--sections", default="baselines,cold,first,preload,burst")
     a = ap.parse_args()
     asyncio.run(main(a.runs, [b for b in a.bridges.split(",") if b], set(a.sections.split(","))))

@@ -85,6 +85,8 @@ class App:
             p = self.policy or Policy.permissive()
             await self._record(event="policy_load", outcome="ok", policy_hash=p.source_hash,
                                extra={"source": str(p.source), "tenants": list(p.tenants)})
+        if self.models is not None:
+            self.models.check_preloads(self.config.bridges)
         if self.egress is not None:
             await self.egress.start()
         try:

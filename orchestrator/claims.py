@@ -87,6 +87,9 @@ class NoSettings:
     def model_allowed(self, tenant: str, model: str) -> bool:
         return True
 
+    def model_shared(self, model: str) -> bool:
+        return True
+
 
 NO_SETTINGS = NoSettings()
 
@@ -96,6 +99,10 @@ class ModelGrants(Protocol):
 
     async def grant(self, tenant: str, worker: Worker) -> tuple[list[rpb.ModelGrant], str]:
         """The grants to configure, and the worker's export directory ("" for none)."""
+        ...
+
+    async def preload(self, worker: Worker, names: list[str]) -> list[str]:
+        """Mount the operator's models ``names`` into a tenant-neutral spare and have it load them."""
         ...
 
 
@@ -129,6 +136,16 @@ class ClaimPipeline:
         self.models = models
         self.on_secrets = on_secrets
         self._declared: dict[str, frozenset[str]] = {}
+
+    async def prepare(self, worker: Worker, cfg: BridgeConfig) -> None:
+        """Make a ready, tenant-neutral worker what every spare of its bridge should be: its
+        ``preload_models`` loaded. Runs before the worker is offered to anyone.
+
+        Raises:
+            MLBridgeError: a model could not be mounted or loaded; the worker must not be used.
+        """
+        if cfg.preload_models and self.models is not None:
+            await self.models.preload(worker, list(cfg.preload_models))
 
     async def claim(self, worker: Worker, tenant: str, cfg: BridgeConfig, background: Background) -> None:
         """Hand ``worker`` (ready, tenant-neutral) to ``tenant``.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runtimes.wire.caps import DEFAULT_MAX_MESSAGE_BYTES
 from runtimes.wire.errors import ConfigError
@@ -149,12 +149,21 @@ class BridgeConfig(BaseModel):
     models: bool = Field(False, description=(
         "give claimed workers the model-store models their tenant may load (read-only) and an export directory"))
     export_size: str = Field("512m", description="size cap of a worker's export directory (models: true)")
+    preload_models: list[str] = Field(default_factory=list, description=(
+        "operator models of the model store that every spare of this bridge loads before it is claimed "
+        "(models: true); each must be one every tenant of the policy may load"))
 
     @field_validator("export_size")
     @classmethod
     def _export_size(cls, v: str) -> str:
         parse_size(v)
         return v
+
+    @model_validator(mode="after")
+    def _preloads_need_models(self) -> BridgeConfig:
+        if self.preload_models and not self.models:
+            raise ValueError("preload_models needs models: true (the spares load them from the model store)")
+        return self
 
 
 class Config(BaseModel):

@@ -209,6 +209,7 @@ class Pool:
         self.workers[handle.worker_id] = worker
         try:
             await worker.wait_ready(self.backend, self.cfg.start_timeout_s)
+            await self.claims.prepare(worker, self.cfg)  # still boosted: loading models is our own work
             if handle.boosted:
                 await self.backend.apply_limits(handle, WorkerLimits(cpus=self.cfg.limits.cpus))
                 handle.boosted = False

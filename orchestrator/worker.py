@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtimes.wire.errors import Unavailable
+from runtimes.wire.errors import DeadlineExceeded, Unavailable, error_from_wire
 from runtimes.wire.proto import runtime_pb2 as rpb
 from runtimes.wire.proto import runtime_pb2_grpc as rpb_grpc
 
@@ -150,6 +152,23 @@ class Worker:
         await self.stub.Configure(rpb.ConfigureRequest(tenant=tenant, secrets=secrets, env=env or {},
                                                        models=list(models), export_dir=export_dir), timeout=10)
         self.tenant = tenant
+
+    async def call(self, command: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
+        """One housekeeping call of the orchestrator's own (no tenant): its decoded result.
+
+        Raises:
+            MLBridgeError: the runtime's error, typed; DeadlineExceeded after ``timeout``.
+        """
+        assert self.session is not None
+        req = rpb.CallRequest(call_id=uuid.uuid4().hex, command=command, args_json=json.dumps(args),
+                              deadline_unix_ms=int((time.time() + timeout) * 1000))
+        try:
+            reply = await asyncio.wait_for(self.session.request(req), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"{command} on worker {self.id} took over {timeout:g}s") from None
+        if not reply.ok:
+            raise error_from_wire(reply.error.code, reply.error.message, reply.error.details_json)
+        return json.loads(reply.result_json) if reply.result_json else None
 
     async def describe(self) -> rpb.DescribeReply:
         assert self.stub is not None

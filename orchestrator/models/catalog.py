@@ -23,11 +23,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from runtimes.wire import metadata as meta
-from runtimes.wire.errors import ConfigError, InvalidArgument
+from runtimes.wire.errors import ConfigError, InvalidArgument, NotFound
 from runtimes.wire.payload import loads_lenient
 from runtimes.wire.proto import runtime_pb2 as rpb
 
 from ..backends.base import Backend, SupportsModels
+from ..config import BridgeConfig
 from ..worker import Worker
 from .store import OPERATOR, ModelRecord, ModelStore
 
@@ -43,6 +44,10 @@ class ModelAccess(Protocol):
     """Whether a tenant may load one of the operator's models (:class:`orchestrator.policy.Policy` is one)."""
 
     def model_allowed(self, tenant: str, model: str) -> bool: ...
+
+    def model_shared(self, model: str) -> bool:
+        """Whether every tenant may load the operator's model ``model`` (so a spare may hold it loaded)."""
+        ...
 
 
 class ModelCatalog:
@@ -82,6 +87,46 @@ class ModelCatalog:
                                  size_bytes=r.size_bytes) for r in records]
         export = self.backend.export_dir(worker.handle)
         return grants, export[0] if export is not None else ""
+
+    def check_preloads(self, bridges: Mapping[str, BridgeConfig]) -> None:
+        """Refuse ``preload_models`` that the store lacks or that some tenant may not load.
+
+        Raises:
+            ConfigError: naming the bridge, the model and the fix.
+        """
+        problems = []
+        for bridge, cfg in sorted(bridges.items()):
+            for name in cfg.preload_models:
+                try:
+                    self.store.get(name)
+                except NotFound:
+                    problems.append(f"bridge {bridge!r} preloads model {name!r}, which the model store at "
+                                    f"{self.store.root} does not have: mlbridge models add DIR --name {name}")
+                    continue
+                if self.access is not None and not self.access.model_shared(name):
+                    problems.append(f"bridge {bridge!r} preloads model {name!r} into tenant-neutral spares, but "
+                                    "not every tenant of the policy may load it: allow it for every tenant "
+                                    "(models:) or remove it from preload_models")
+        if problems:
+            raise ConfigError("model preloading:\n  " + "\n  ".join(problems))
+
+    async def preload(self, worker: Worker, names: list[str]) -> list[str]:
+        """Mount the operator's models ``names`` into a tenant-neutral spare and have it load them.
+
+        Returns:
+            what the runtime loaded (names).
+
+        Raises:
+            MLBridgeError: a model is missing, cannot be mounted, or its bridge could not load it.
+        """
+        records = [await asyncio.to_thread(self.store.get, name) for name in names]
+        paths = await self.backend.grant_models(worker.handle, self.store.objects, sorted({r.hash for r in records}))
+        grants = [{"name": r.name, "hash": r.hash, "path": paths[r.hash], "files": dict(r.files),
+                   "size_bytes": r.size_bytes} for r in records]
+        reply = await worker.call("common:preload_models", {"models": grants})
+        loaded = [str(m.get("name")) for m in reply.get("preloaded", []) if isinstance(m, dict)]
+        log.info("worker %s preloaded %s", worker.id, ", ".join(loaded) or "nothing")
+        return loaded
 
     async def import_exports(self, tenant: str, worker: Worker, metadata: Mapping[str, str]) -> list[ModelRecord]:
         """Import the models a reply says its worker exported, as ``tenant``'s own.

@@ -334,6 +334,10 @@ class Policy:
         globs = self._pick(tenant, "models") or []
         return any(fnmatchcase(model, g) for g in globs)
 
+    def model_shared(self, model: str) -> bool:
+        """Whether every tenant of the policy may load the operator's model ``model``."""
+        return all(self.model_allowed(t, model) for t in self.document.tenants)
+
     def visible_bridges(self, tenant: str, names: Iterable[str]) -> list[str]:
         """The subset of ``names`` the tenant may use, for ``ListBridges``."""
         return [n for n in names if self.bridge_allowed(tenant, n)]

@@ -173,6 +173,9 @@ class Bridge:
         self.models: dict[str, ModelGrant] = {}
         #: Where this worker may write models for the orchestrator to import (None: it may not).
         self.export_dir: Path | None = None
+        #: Models this worker loaded while a tenant-neutral spare (:meth:`preload`), by hash;
+        #: the first resource that asks for one takes it. Configure drops those its tenant may not load.
+        self.preloaded: dict[str, Any] = {}
         #: The resources this worker holds; handlers add, look up and remove through it.
         self.resources: ResourceStore[Resource] = ResourceStore()
         self._types: dict[str, type[Resource]] = {t.type_name: t for t in self.resource_types}
@@ -186,6 +189,15 @@ class Bridge:
     # -- hooks ------------------------------------------------------------
     def setup(self) -> None:
         """Import the framework and warm up. Runs once before serving."""
+
+    def preload(self, models: list[ModelGrant]) -> list[dict[str, Any]]:
+        """Load ``models`` into :attr:`preloaded` before any tenant claims this worker (the
+        orchestrator's ``preload_models``); describe what was loaded. Runs in a call thread.
+
+        Raises:
+            InvalidArgument: this bridge does not preload models (the default).
+        """
+        raise InvalidArgument(f"bridge {self.name!r} does not preload models; remove preload_models from its config")
 
     def configure(self, tenant: str, secrets: dict[str, str]) -> None:
         """Receive the claiming tenant and its secrets for this bridge."""

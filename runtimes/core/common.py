@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..wire.errors import AlreadyExists, InvalidArgument
 from ..wire.payload import loads_strict as parse_json
 from .bridge import Bridge, Resource, command
 from .context import CallContext
+from .grants import ModelGrant
 from .jsonio import check_schema
 
 _TYPE_FILTER_SCHEMA = {"type": "object", "properties": {"type": {"type": "string"}}}
@@ -24,6 +26,19 @@ def rss_bytes() -> int:
         return 0
 
 
+_PRELOAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"models": {"type": "array", "maxItems": 16, "items": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "hash": {"type": "string"}, "path": {"type": "string"},
+                       "files": {"type": "object", "additionalProperties": {"type": "string"}},
+                       "size_bytes": {"type": "integer"}},
+        "required": ["name", "hash", "path", "files"], "additionalProperties": False}}},
+    "required": ["models"],
+    "additionalProperties": False,
+}
+
+
 class Served(Protocol):
     """What the common commands read of the worker serving them (the dispatcher)."""
 
@@ -32,6 +47,8 @@ class Served(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    def preload(self, models: list[ModelGrant]) -> list[dict[str, Any]]: ...
 
 
 class CommonCommands:
@@ -68,6 +85,14 @@ class CommonCommands:
         bridge = self.d.bridge
         return {"models": [m.describe() for _, m in sorted(bridge.models.items())],
                 "can_export": bridge.export_dir is not None}
+
+    @command("preload_models", description="Orchestrator only, before a claim: load store models into this "
+                                           "tenant-neutral spare ({models: [grant]}); refused once it has a tenant",
+             schema=_PRELOAD_SCHEMA)
+    def preload_models(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        grants = [ModelGrant(m["name"], m["hash"], Path(m["path"]), dict(m.get("files") or {}),
+                             int(m.get("size_bytes") or 0)) for m in args["models"]]
+        return {"preloaded": self.d.preload(grants)}
 
     @command("list_resources", description="Resources held by this worker", schema=_TYPE_FILTER_SCHEMA, inline=True)
     def list_resources(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

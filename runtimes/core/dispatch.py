@@ -30,6 +30,7 @@ from ..wire.errors import (
     ConfigError,
     DeadlineExceeded,
     MLBridgeError,
+    PermissionDenied,
     UnknownCommand,
 )
 from ..wire.payload import encode_capped, parse_object
@@ -184,6 +185,16 @@ class Dispatcher:
             "bridge_stats": self.bridge.stats(),
         }
 
+    def preload(self, models: list[ModelGrant]) -> list[dict[str, Any]]:
+        """Have the bridge load ``models`` while this worker is a tenant-neutral spare.
+
+        Raises:
+            PermissionDenied: the worker already belongs to a tenant.
+        """
+        if self.configured:
+            raise PermissionDenied("models are preloaded only by a tenant-neutral spare; this worker has a tenant")
+        return self.bridge.preload(models)
+
     def configure(self, tenant: str, secrets: dict[str, str], env: dict[str, str] | None = None,
                   models: Iterable[ModelGrant] = (), export_dir: str = "") -> None:
         """Hand the worker its tenant, secrets and proxy environment (see :data:`CONFIGURE_ENV`).
@@ -206,6 +217,9 @@ class Dispatcher:
                 raise ConfigError(f"environment variable {key} holds a NUL or line break")
         os.environ.update(env or {})
         self.bridge.models = {m.name: m for m in models}
+        granted = {m.hash for m in self.bridge.models.values()}
+        # A model loaded while a spare stays only if the tenant may load it.
+        self.bridge.preloaded = {h: v for h, v in self.bridge.preloaded.items() if h in granted}
         self.bridge.export_dir = Path(export_dir) if export_dir else None
         self.bridge.configure(tenant, secrets)
         self.configured = True

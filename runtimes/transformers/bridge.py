@@ -21,13 +21,14 @@ import logging
 import os
 from typing import Any
 
-from runtimes.core import CallContext, command
+from runtimes.core import CallContext, ModelGrant, command
 from runtimes.wire.errors import MLBridgeError
 
 from . import errors
 from .base import TransformersBase
 from .datasets import DatasetResource
 from .limits import MiB, cpu_limit, memory_figures, torch_threads
+from .loading import load_model
 from .pipelines import PipelineResource
 from .resources import ModelResource, TokenizerResource
 from .training import TrainingRunResource
@@ -94,7 +95,18 @@ class TransformersBridge(TransformersBase):
         return {"resources": self.resources.counts_by_type(), **self.counts(), "torch_threads": self.threads,
                 "memory": {"limit_mib": None if mem.limit is None else mem.limit // MiB,
                            "used_mib": mem.usage // MiB, "free_mib": mem.free // MiB},
-                "batching": pipelines}
+                "batching": pipelines,
+                "preloaded": sorted(v.grant.name for v in self.preloaded.values())}
+
+    def preload(self, models: list[ModelGrant]) -> list[dict[str, Any]]:
+        """Load each model (verified, sized, as a ``model`` resource with defaults would) for the
+        tenant that claims this spare; its first ``model`` or ``pipeline`` of one takes it."""
+        out = []
+        for grant in models:
+            loaded = load_model({grant.name: grant}, {"model": grant.name, "hash": grant.hash})
+            self.preloaded[grant.hash] = loaded
+            out.append({"name": grant.name, "hash": grant.hash, "kind": loaded.kind, "device": loaded.device})
+        return out
 
     # -- commands -------------------------------------------------------------------------------
     @command("stats", description="Resources by type, calls, generated tokens, memory, batching per pipeline",

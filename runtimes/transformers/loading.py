@@ -56,6 +56,7 @@ class Loaded:
     kind: str
     device: str
     dtype: str
+    preloaded: bool = False
 
 
 def _config(grant: ModelGrant) -> dict[str, Any]:
@@ -87,10 +88,13 @@ def _kind(spec: Any, grant: ModelGrant) -> str:
     return str(spec)
 
 
-def load_model(models: dict[str, ModelGrant], config: dict[str, Any], kind: str | None = None) -> Loaded:
+def load_model(models: dict[str, ModelGrant], config: dict[str, Any], kind: str | None = None,
+               preloaded: dict[str, Any] | None = None) -> Loaded:
     """Load the model ``config`` names (``model``, ``hash``, ``dtype``, ``device``, ``kind``).
 
-    ``kind`` (from a pipeline's task) overrides the config's.
+    ``kind`` (from a pipeline's task) overrides the config's. A model of
+    ``preloaded`` (by hash; the worker loaded it as a spare) with the same
+    kind, dtype and device is taken from there instead of read again, once.
 
     Raises:
         NotFound / PermissionDenied: not granted, or another hash (from :func:`find_model`).
@@ -105,6 +109,10 @@ def load_model(models: dict[str, ModelGrant], config: dict[str, Any], kind: str 
     dtype_name = config.get("dtype") or "auto"
     dtype = torch_dtype(dtype_name)
     device = resolve_device(config.get("device"))
+    hit = (preloaded or {}).get(grant.hash)
+    if isinstance(hit, Loaded) and (hit.kind, hit.dtype, hit.device) == (kind, dtype_name, device):
+        del preloaded[grant.hash]  # type: ignore[union-attr]  # one resource owns a loaded model
+        return Loaded(hit.model, grant, kind, device, dtype_name, preloaded=True)
     free, limit_text = free_bytes(device)
     check_fits(grant.name, estimate_bytes(grant.path, grant.files, dtype_name), free, limit_text, dtype_name)
     grant.verify()

@@ -124,7 +124,8 @@ class PipelineResource(TransformersResource):
             self.source = {"model_resource": cfg["model_resource"], **({"model": ref.grant.name, "hash": ref.grant.hash}
                                                                       if ref.grant is not None else {})}
             return ref.model, ref.tokenizer
-        loaded = load_model(self.bridge.models, {k: cfg.get(k) for k in MODEL_CONFIG}, kind=kind)
+        loaded = load_model(self.bridge.models, {k: cfg.get(k) for k in MODEL_CONFIG}, kind=kind,
+                            preloaded=self.bridge.preloaded)
         self.device = loaded.device
         self.source = {"model": loaded.grant.name, "hash": loaded.grant.hash}
         tokenizer = None

@@ -66,6 +66,7 @@ class ModelResource(TransformersResource):
     grant: ModelGrant | None = None
     kind: str = ""
     device: str = "cpu"
+    preloaded: bool = False
 
     def create(self, ctx: CallContext) -> Any:
         if isinstance(self.config, dict) and "trained_by" in self.config:
@@ -74,7 +75,8 @@ class ModelResource(TransformersResource):
                               f"{str(self.config['trained_by'])[:64]!r} and lived only in its worker, which is gone; "
                               "train it again, with export: {name: ...} to keep it in the model store")
         check_keys(self.config, self.config_schema, "a model config")
-        loaded = load_model(self.bridge.models, self.config)
+        loaded = load_model(self.bridge.models, self.config, preloaded=self.bridge.preloaded)
+        self.preloaded = loaded.preloaded
         self.model, self.grant, self.kind, self.device = loaded.model, loaded.grant, loaded.kind, loaded.device
         try:  # the files were verified by load_model a moment ago
             self.tokenizer = load_tokenizer(loaded.grant, verify=False)
@@ -109,6 +111,8 @@ class ModelResource(TransformersResource):
                                "tokenizer": self.tokenizer is not None}
         if self.grant is not None:
             out.update(model=self.grant.name, hash=self.grant.hash)
+        if self.preloaded:
+            out["preloaded"] = True  # loaded by the spare before the claim
         return out
 
     def execute(self, ctx: CallContext, inputs: dict[str, Any]) -> Generator[Any, None, Any]:
