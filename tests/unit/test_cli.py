@@ -72,6 +72,9 @@ def test_stream_bridges_resources_status(server: str) -> None:
     r = mlbridge(server, "status")
     assert r.returncode == 0
     assert "BRIDGE" in r.stdout and "WORKER" in r.stdout and "default" in r.stdout
+    assert "SPARES/TARGET" in r.stdout and "HELD" in r.stdout and "CLAIMS/MIN" in r.stdout
+    mock_row = next(line for line in r.stdout.splitlines() if line.startswith("mock "))
+    assert "/" in mock_row.split()[2]  # spares/target of the mock bridge
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
