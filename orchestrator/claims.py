@@ -19,8 +19,9 @@ this order, before any call of that tenant reaches the worker:
 6. **replay**: the tenant's replayable calls (registered types, a default LM)
    run again on this worker, under the limits of step 1 and with the secrets
    and network of steps 2 and 3;
-6. **naming**: the engine's own tools learn the tenant (a container is
-   renamed), in the background, off the claim's path.
+7. **naming**: the engine's own tools learn the tenant (a container is
+   renamed), in the background a second after the claim, so the engine call
+   does not compete with the tenant's first call.
 
 A failure in steps 1 to 5 fails the claim (the pool retires the worker);
 a replayed call that fails is logged and the claim goes on; naming failures
@@ -30,6 +31,7 @@ the :class:`TenantSettings` given to the pipeline; the pool knows none of it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
@@ -48,6 +50,8 @@ __all__ = ["NO_SETTINGS", "STEPS", "ClaimPipeline", "EgressAttach", "ModelGrants
 
 #: The steps of a claim, in the order they run.
 STEPS = ("limits", "secrets", "egress", "models", "configure", "replay", "naming")
+#: How long after a claim the naming step runs.
+NAMING_DELAY_S = 1.0
 
 Background = Callable[[Coroutine[Any, Any, None], str], None]
 
@@ -162,7 +166,13 @@ class ClaimPipeline:
             grants, export_dir = await self.models.grant(tenant, worker)
         await worker.configure(tenant, secrets, env, grants, export_dir)
         await self._replay(worker, tenant)
-        background(self.backend.mark_tenant(worker.handle, tenant), f"name {worker.id} after its tenant")
+        background(self._name(worker, tenant), f"name {worker.id} after its tenant")
+
+    async def _name(self, worker: Worker, tenant: str) -> None:
+        # Not at once: the engine call would compete with the tenant's first call for the CPU.
+        await asyncio.sleep(NAMING_DELAY_S)
+        if worker.state != "dead":
+            await self.backend.mark_tenant(worker.handle, tenant)
 
     async def _limits(self, worker: Worker, tenant: str, cfg: BridgeConfig) -> None:
         lower = self.tenants.limits_for(tenant, worker.bridge).below(cfg.limits)

@@ -50,6 +50,8 @@ PROBE_TIMEOUT_S = 2.0
 DRAIN_S = 5.0
 #: Spares started at once (starts compete for the engine and the CPU).
 MAX_PARALLEL_STARTS = 4
+#: After a claim, how long replacements wait to start (the tenant's first call goes first).
+REFILL_DELAY_S = 0.1
 #: A spare above the target waits this long (ready and unclaimed) before it is retired.
 SURPLUS_IDLE_S = 30.0
 
@@ -209,6 +211,8 @@ class Pool:
         self.workers[handle.worker_id] = worker
         try:
             await worker.wait_ready(self.backend, self.cfg.start_timeout_s)
+            # Open the call stream now: its first use costs 5-10 ms a claim should not pay.
+            await worker.call("common:ping", {}, timeout=self.cfg.start_timeout_s)
             await self.claims.prepare(worker, self.cfg)  # still boosted: loading models is our own work
             if handle.boosted:
                 await self.backend.apply_limits(handle, WorkerLimits(cpus=self.cfg.limits.cpus))
@@ -415,7 +419,9 @@ class Pool:
             await self.retire(worker, f"claim failed: {exc}")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
         await self._emit("worker_claim", worker, {"tenant": tenant})
-        self._refill()  # after the claim, so starting replacements does not slow it down
+        # A moment after the claim: a start competes for the CPU with the tenant's first call,
+        # which the caller sends as soon as this returns.
+        asyncio.get_running_loop().call_later(REFILL_DELAY_S, self._refill)
         return worker
 
     def _background(self, coro: Coroutine[Any, Any, None], what: str) -> None:

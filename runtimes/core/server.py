@@ -6,6 +6,7 @@ Thin by design: messages are converted and handed to :class:`Dispatcher`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -193,6 +194,10 @@ async def serve(bridge_spec: str | type[Bridge], address: str, *, max_message_by
     cls = load_bridge_class(bridge_spec) if isinstance(bridge_spec, str) else bridge_spec
     bridge = cls()
     bridge.setup()
+    # What setup imported (a framework: hundreds of thousands of objects) lives as long as the
+    # worker: move it out of the collector's view, so no collection pauses a call to scan it.
+    gc.collect()
+    gc.freeze()
     dispatcher = Dispatcher(bridge, max_message_bytes=max_bytes,
                             threads=threads or int(os.environ.get("MLBRIDGE_RUNTIME_THREADS", "8")))
     watchdog = Watchdog(grace_from_env())

@@ -48,8 +48,15 @@ def test_serves_from_hardened_containers(srv: ServerThread, dk: docker.DockerCli
     deadline = time.monotonic() + 10  # the rename runs in the background after the claim
     while not dk.containers.get(claimed.handle.ref).name.endswith(".default") and time.monotonic() < deadline:
         time.sleep(0.05)
+    # Held workers (started ahead, runtime waiting) are as hardened as the rest, and listed too.
+    deadline = time.monotonic() + 30
+    while len(srv.orch.pools["mock"]._held) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = {h.worker_id for h in srv.orch.pools["mock"]._held}
+    assert len(held) == 2
     containers = ours(dk, srv)
-    assert len(containers) >= 2
+    assert len(containers) >= 4
+    assert held <= {c.labels["io.mlbridge.worker"] for c in containers}
     for c in containers:
         a = c.attrs
         host = a["HostConfig"]
@@ -60,12 +67,17 @@ def test_serves_from_hardened_containers(srv: ServerThread, dk: docker.DockerCli
         assert host["ReadonlyRootfs"] is True and host["Privileged"] is False
         assert host["NetworkMode"] == "none"
         assert host["Memory"] == 128 * 1024 * 1024 == host["MemorySwap"]
-        assert host["PidsLimit"] == 64 and host["NanoCpus"] == 500_000_000
+        wid = a["Config"]["Labels"]["io.mlbridge.worker"]
+        # The start-up CPU boost lasts until a worker is ready, so a held one still has it.
+        assert host["PidsLimit"] == 64 and host["NanoCpus"] == (1_000_000_000 if wid in held else 500_000_000)
         assert "noexec" in host["Tmpfs"]["/tmp"] and "size=8388608" in host["Tmpfs"]["/tmp"]
         assert host["IpcMode"] == "private" and host["Init"] is True
         assert [m["Destination"] for m in a["Mounts"]] == ["/run/mlbridge"]
         labels = a["Config"]["Labels"]
         assert labels["io.mlbridge.orchestrator"] == srv.orch.id and labels["io.mlbridge.bridge"] == "mock"
+        if wid in held:
+            assert not a["Name"].endswith(".default")
+            continue
         worker = srv.orch.pools["mock"].workers[labels["io.mlbridge.worker"]]
         # A claimed container carries its tenant in its name (labels cannot change once it runs).
         assert a["Name"].endswith(".default") == (worker.tenant == "default"), (a["Name"], worker.tenant)
