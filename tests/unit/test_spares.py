@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,22 @@ def _pool(backend: ProcessBackend, **cfg: object) -> Pool:
                 claims=ClaimPipeline(backend, Registry(":memory:"), NO_SETTINGS))
 
 
+def _with_pool(tmp_path: Path, scenario: Callable[[Pool, ProcessBackend], Awaitable[None]], **cfg: object) -> None:
+    """Run ``scenario`` against a started pool of the mock bridge, then stop it."""
+
+    async def run() -> None:
+        backend = ProcessBackend(tmp_path / "sock")
+        pool = _pool(backend, **cfg)
+        await pool.start()
+        try:
+            await scenario(pool, backend)
+        finally:
+            await pool.stop(drain_s=0)
+            await backend.close()
+
+    asyncio.run(run())
+
+
 async def _until(cond: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():  # type: ignore[operator]
@@ -180,84 +197,60 @@ async def _until(cond: object, timeout: float = 30.0) -> None:
 
 
 def test_a_claim_with_no_spare_takes_a_held_worker(tmp_path: Path) -> None:
-    async def run() -> None:
-        backend = ProcessBackend(tmp_path / "sock")
-        pool = _pool(backend, pool_size=0, max_spares=0, held=1)
-        await pool.start()
-        try:
-            await _until(lambda: len(pool._held) == 1)
-            held = pool._held[0]
-            await asyncio.sleep(0.3)
-            assert await backend.exit_info(held) is None and not held.channel.present(), \
-                "a held worker runs but does not serve"
-            worker = await pool.acquire("alice")
-            assert worker.id == held.worker_id and worker.tenant == "alice"
-            assert pool.facts()["held_starts"] == 1 and pool.facts()["cold_starts"] == 0
-            await _until(lambda: len(pool._held) == 1)  # another one is held at once
-            assert pool._held[0].worker_id != held.worker_id
-        finally:
-            await pool.stop(drain_s=0)
-            await backend.close()
+    async def scenario(pool: Pool, backend: ProcessBackend) -> None:
+        await _until(lambda: len(pool._held) == 1)
+        held = pool._held[0]
+        await asyncio.sleep(0.3)
+        assert await backend.exit_info(held) is None and not held.channel.present(), \
+            "a held worker runs but does not serve"
+        worker = await pool.acquire("alice")
+        assert worker.id == held.worker_id and worker.tenant == "alice"
+        assert pool.facts()["held_starts"] == 1 and pool.facts()["cold_starts"] == 0
+        await _until(lambda: len(pool._held) == 1)  # another one is held at once
+        assert pool._held[0].worker_id != held.worker_id
 
-    asyncio.run(run())
+    _with_pool(tmp_path, scenario, pool_size=0, max_spares=0, held=1)
 
 
 def test_held_workers_that_die_are_replaced_and_a_dead_one_is_not_used(tmp_path: Path) -> None:
-    async def run() -> None:
-        backend = ProcessBackend(tmp_path / "sock")
-        pool = _pool(backend, pool_size=0, max_spares=0, held=1)
-        await pool.start()
-        try:
-            await _until(lambda: len(pool._held) == 1)
-            dead = pool._held[0]
-            os.killpg(dead.ref.pid, signal.SIGKILL)
-            await dead.ref.wait()
-            # Claimed before the watch noticed: the pool starts a worker from nothing instead.
-            worker = await pool.acquire("bob")
-            assert worker.id != dead.worker_id and worker.state == "ready"
-            assert pool.facts()["cold_starts"] == 1
-        finally:
-            await pool.stop(drain_s=0)
-            await backend.close()
+    async def scenario(pool: Pool, backend: ProcessBackend) -> None:
+        await _until(lambda: len(pool._held) == 1)
+        dead = pool._held[0]
+        os.killpg(dead.ref.pid, signal.SIGKILL)
+        await dead.ref.wait()
+        # Claimed before the watch noticed: the pool starts a worker from nothing instead.
+        worker = await pool.acquire("bob")
+        assert worker.id != dead.worker_id and worker.state == "ready"
+        assert pool.facts()["cold_starts"] == 1
 
-    asyncio.run(run())
+    _with_pool(tmp_path, scenario, pool_size=0, max_spares=0, held=1)
 
 
 def test_spares_follow_a_burst_and_fall_back_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_mod, "MONITOR_INTERVAL_S", 0.2)
     monkeypatch.setattr(pool_mod, "SURPLUS_IDLE_S", 0.0)
 
-    async def run() -> None:
-        backend = ProcessBackend(tmp_path / "sock")
-        pool = _pool(backend, pool_size=1, max_spares=4, held=0, spare_window_s=3.0, max_workers=16)
-        await pool.start()
-        try:
-            assert pool.spare_target() == 1
-            workers = await asyncio.gather(*(pool.acquire(f"t{i}") for i in range(5)))
-            assert len({w.id for w in workers}) == 5, "five tenants, five workers"
-            assert pool.facts()["claims_peak"] == 5
-            assert pool.spare_target() == 4  # the burst, capped by max_spares
-            await _until(lambda: len(pool._spares) == 4)
-            # The burst is forgotten after spare_window_s; the surplus is retired down to pool_size.
-            await _until(lambda: pool.spare_target() == 1 and len(pool._spares) == 1, timeout=20)
-            assert pool.facts()["spares"] == 1
-            # Spares count against max_workers: with 7 claimed and a cap of 7 there is no room for one.
-            pool.cfg = pool.cfg.model_copy(update={"max_workers": 7})
-            await asyncio.gather(*(pool.acquire(f"u{i}") for i in range(2)))
-            await asyncio.sleep(1.0)
-            assert len(pool.workers) == 7 and len(pool._spares) == 0
-        finally:
-            await pool.stop(drain_s=0)
-            await backend.close()
+    async def scenario(pool: Pool, backend: ProcessBackend) -> None:
+        assert pool.spare_target() == 1
+        workers = await asyncio.gather(*(pool.acquire(f"t{i}") for i in range(5)))
+        assert len({w.id for w in workers}) == 5, "five tenants, five workers"
+        assert pool.facts()["claims_peak"] == 5
+        assert pool.spare_target() == 4  # the burst, capped by max_spares
+        await _until(lambda: len(pool._spares) == 4)
+        # The burst is forgotten after spare_window_s; the surplus is retired down to pool_size.
+        await _until(lambda: pool.spare_target() == 1 and len(pool._spares) == 1, timeout=20)
+        assert pool.facts()["spares"] == 1
+        # Spares count against max_workers: with 7 claimed and a cap of 7 there is no room for one.
+        pool.cfg = pool.cfg.model_copy(update={"max_workers": 7})
+        await asyncio.gather(*(pool.acquire(f"u{i}") for i in range(2)))
+        await asyncio.sleep(1.0)
+        assert len(pool.workers) == 7 and len(pool._spares) == 0
 
-    asyncio.run(run())
+    _with_pool(tmp_path, scenario, pool_size=1, max_spares=4, held=0, spare_window_s=3.0, max_workers=16)
 
 
 def test_tenants_claim_side_by_side_and_one_tenant_claims_once(tmp_path: Path) -> None:
-    async def run() -> None:
-        backend = ProcessBackend(tmp_path / "sock")
-        pool = _pool(backend, pool_size=0, max_spares=0, held=0)
-        await pool.start()
+    async def scenario(pool: Pool, backend: ProcessBackend) -> None:
         active = peak = 0
         real_start = backend.start
 
@@ -271,15 +264,11 @@ def test_tenants_claim_side_by_side_and_one_tenant_claims_once(tmp_path: Path) -
                 active -= 1
 
         backend.start = counting_start  # type: ignore[method-assign]
-        try:
-            workers = await asyncio.gather(pool.acquire("a"), pool.acquire("b"), pool.acquire("c"))
-            assert peak >= 2, "claims of different tenants wait for each other"
-            assert len({w.id for w in workers}) == 3
-            same = await asyncio.gather(*(pool.acquire("d") for _ in range(4)))
-            assert len({w.id for w in same}) == 1, "concurrent first calls of one tenant claimed more than once"
-            assert pool._tenant_locks == {}
-        finally:
-            await pool.stop(drain_s=0)
-            await backend.close()
+        workers = await asyncio.gather(pool.acquire("a"), pool.acquire("b"), pool.acquire("c"))
+        assert peak >= 2, "claims of different tenants wait for each other"
+        assert len({w.id for w in workers}) == 3
+        same = await asyncio.gather(*(pool.acquire("d") for _ in range(4)))
+        assert len({w.id for w in same}) == 1, "concurrent first calls of one tenant claimed more than once"
+        assert pool._tenant_locks == {}
 
-    asyncio.run(run())
+    _with_pool(tmp_path, scenario, pool_size=0, max_spares=0, held=0)
