@@ -23,6 +23,8 @@ from runtimes.wire.errors import (
     PermissionDenied,
     QuotaExceeded,
     Unavailable,
+    clip_message,
+    exception_chain,
     flatten_exception,
 )
 
@@ -133,17 +135,7 @@ _EGRESS_HINT = ("workers reach providers only through the tenant's egress allowl
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + " [truncated]"
-
-
-def _chain(exc: BaseException) -> Iterable[BaseException]:
-    """``exc`` and its causes, outermost first (cycles cut)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        cur = cur.__cause__ or cur.__context__
+    return clip_message(text, MAX_ERROR_CHARS)
 
 
 def _status(exc: BaseException) -> int | None:
@@ -187,7 +179,7 @@ def translate(exc: BaseException, secrets: Iterable[str]) -> MLBridgeError | Non
     values = list(secrets)
     text = _clip(redact(flatten_exception(exc), values))
     details: dict[str, Any] = {"_flattened": True, "framework_error": type(exc).__name__}
-    for cur in _chain(exc):
+    for cur in exception_chain(exc):
         if isinstance(cur, MLBridgeError) and cur is not exc:
             return cur
         name = type(cur).__name__

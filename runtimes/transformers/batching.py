@@ -161,18 +161,22 @@ class Batcher:
             if alone:
                 self._busy, self._serving = True, 1
             else:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, daemon=True, name=f"batcher-{self._name}")
-                    self._thread.start()
-                self._queue.append(req)
-                self._expect = min(max(self._expect, self._serving + len(self._queue)), self.settings.max_batch_size)
-                self._cond.notify()
+                self._enqueue(req)
         if alone:
             try:
                 return self._invoke([req])[0], 1
             finally:
                 self._idle()
         return self._wait(req)
+
+    def _enqueue(self, req: _Request) -> None:
+        """Queue ``req`` for the batcher thread (started on first use); the caller holds ``_cond``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name=f"batcher-{self._name}")
+            self._thread.start()
+        self._queue.append(req)
+        self._expect = min(max(self._expect, self._serving + len(self._queue)), self.settings.max_batch_size)
+        self._cond.notify()
 
     async def submit_async(self, ctx: CallContext, payload: Any, size: int, params: dict[str, Any],
                            key: str) -> tuple[Any, int]:
@@ -186,12 +190,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise Unavailable("the pipeline was deleted while this call waited; create it again")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, daemon=True, name=f"batcher-{self._name}")
-                self._thread.start()
-            self._queue.append(req)
-            self._expect = min(max(self._expect, self._serving + len(self._queue)), self.settings.max_batch_size)
-            self._cond.notify()
+            self._enqueue(req)
         try:
             assert req.future is not None
             return await req.future

@@ -16,7 +16,6 @@ FRAMEWORK_ERROR with its ``module.Class: message``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from runtimes.wire.errors import (
@@ -25,6 +24,8 @@ from runtimes.wire.errors import (
     InvalidArgument,
     MLBridgeError,
     OutOfMemory,
+    clip_message,
+    exception_chain,
     flatten_exception,
 )
 
@@ -39,16 +40,7 @@ _FRAMEWORK_DIRS = ("/transformers/", "/tokenizers/", "/torch/")
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + " [truncated]"
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        cur = cur.__cause__ or cur.__context__
+    return clip_message(text, MAX_ERROR_CHARS)
 
 
 def _raised_in_framework(exc: BaseException) -> bool:
@@ -78,7 +70,7 @@ def translate(exc: BaseException) -> MLBridgeError | None:
     """The typed error for an exception raised while serving a transformers call."""
     text = _clip(flatten_exception(exc))
     details: dict[str, Any] = {"_flattened": True, "framework_error": type(exc).__name__}
-    for cur in _chain(exc):
+    for cur in exception_chain(exc):
         if isinstance(cur, MLBridgeError):
             return cur
         if _is_oom(cur):

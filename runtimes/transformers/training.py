@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from ..core import CallContext, InvalidArgument, export_model
 from ..core.grants import MODEL_NAME
 from ..wire import metadata as meta
-from ..wire.errors import AlreadyExists, ConfigError, QuotaExceeded
+from ..wire.errors import AlreadyExists, ConfigError, QuotaExceeded, exception_chain
 from . import train_models as tm
 from .base import TransformersResource
 from .datasets import DatasetResource
@@ -83,14 +83,9 @@ def _number(cfg: dict[str, Any], key: str, default: float, low: float, high: flo
 
 def _no_space(exc: BaseException) -> bool:
     """Whether a write failed for want of space (safetensors reports it as its own error, with the OS text)."""
-    cur: BaseException | None = exc
-    while cur is not None:
-        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(cur) or "Disk quota exceeded" in str(cur):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return any((isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT))
+               or "No space left on device" in str(cur) or "Disk quota exceeded" in str(cur)
+               for cur in exception_chain(exc))
 
 
 class TrainingRunResource(TransformersResource):

@@ -12,6 +12,7 @@ codes to gRPC status names.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 __all__ = [
@@ -38,7 +39,9 @@ __all__ = [
     "OutOfMemory",
     "GRPC_STATUS",
     "error_class",
+    "clip_message",
     "error_from_wire",
+    "exception_chain",
     "flatten_exception",
     "public_details",
 ]
@@ -241,6 +244,21 @@ def error_from_wire(code: str, message: str, details_json: bytes | str = b"") ->
         details = {}
     details["_flattened"] = True
     return error_class(code)(message, details=details)
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes (``__cause__``, else ``__context__``), outermost first; cycles cut."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def clip_message(text: str, limit: int) -> str:
+    """A framework's message, cut to ``limit`` characters and marked ``[truncated]``."""
+    return text if len(text) <= limit else text[:limit] + " [truncated]"
 
 
 def flatten_exception(exc: BaseException) -> str:
