@@ -247,8 +247,12 @@ class CancelReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("usage_tenant", "usage_since_unix_ms")
+    USAGE_TENANT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    usage_tenant: str
+    usage_since_unix_ms: int
+    def __init__(self, usage_tenant: _Optional[str] = ..., usage_since_unix_ms: _Optional[int] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
     __slots__ = ("worker_id", "bridge", "state", "tenant", "calls", "errors", "in_flight", "resources", "backend", "image_id")

@@ -23,9 +23,20 @@ EXPORTED_MODELS: JSON list of ``{"name", "hash", "dir"}``: models a handler
 BATCH_SIZE: the number of requests served by the model invocation that
     answered this call (adaptive batching), set by a bridge that batches.
 DEPRECATED: a sentence naming the replacement of a deprecated command.
+METRICS: JSON ``{"v": 1, "series": [...]}``: what the bridge's own metrics
+    (``Bridge.metrics``) counted since the worker last reported, set by the
+    runtime on a reply when anything changed; the orchestrator adds them to its
+    ``mlbridge_bridge_*`` series with the bridge and tenant labels.
+SPANS: JSON list of spans the runtime recorded for this call (its handler,
+    and spans a bridge marked with ``ctx.span``), in the trace the request's
+    ``traceparent`` named; the orchestrator exports them with its own.
+USAGE: JSON ``{"tokens_in": n, "tokens_out": n}``: tokens this call used,
+    where a bridge reports them (``ctx.record_tokens``); usage accounting.
 """
 
 AUTHORIZATION = "authorization"
+#: W3C trace context a client may send with a public call (OpenTelemetry's propagation header).
+TRACEPARENT = "traceparent"
 
 REPLAY_KEY = "mlbridge-replay-key"
 REPLAY_CLEAR = "mlbridge-replay-clear"
@@ -35,3 +46,8 @@ RESOURCE_STATES = "mlbridge-resource-states"
 EXPORTED_MODELS = "mlbridge-exported-models"
 BATCH_SIZE = "mlbridge-batch-size"
 DEPRECATED = "mlbridge-deprecated"
+METRICS = "mlbridge-metrics"
+SPANS = "mlbridge-spans"
+USAGE = "mlbridge-usage"
+#: Reply keys for the orchestrator alone: taken out of a reply before it goes on to the client.
+FOR_ORCHESTRATOR = frozenset({METRICS, SPANS, USAGE})

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from runtimes.wire.proto import common_pb2 as runtimes_dot_wire_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!runtimes/wire/proto/runtime.proto\x12\x13mlbridge.runtime.v1\x1a runtimes/wire/proto/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xf0\x02\n\rDescribeReply\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x19\n\x11\x66ramework_version\x18\x03 \x01(\t\x12*\n\x08\x63ommands\x18\x04 \x03(\x0b\x32\x18.mlbridge.v1.CommandInfo\x12\x35\n\x0eresource_types\x18\x05 \x03(\x0b\x32\x1d.mlbridge.v1.ResourceTypeInfo\x12\x42\n\x08packages\x18\x06 \x03(\x0b\x32\x30.mlbridge.runtime.v1.DescribeReply.PackagesEntry\x12\x17\n\x0fruntime_version\x18\x07 \x01(\t\x12\x16\n\x0epython_version\x18\x08 \x01(\t\x12\x18\n\x10required_secrets\x18\t \x03(\t\x1a/\n\rPackagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x02\n\x0b\x43\x61llRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12\x46\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x31.mlbridge.runtime.v1.CallRequest.AttachmentsEntry\x12\x13\n\x0bresource_id\x18\x05 \x01(\t\x12\x15\n\rresource_type\x18\x06 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x07 \x01(\x03\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x1b\n\x13resource_state_json\x18\t \x01(\t\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"<\n\tCallBatch\x12/\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32 .mlbridge.runtime.v1.CallRequest\"=\n\nReplyBatch\x12/\n\x07replies\x18\x01 \x03(\x0b\x32\x1e.mlbridge.runtime.v1.CallReply\"<\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x03 \x01(\t\"\xd3\x02\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x44\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32/.mlbridge.runtime.v1.CallReply.AttachmentsEntry\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.mlbridge.runtime.v1.Error\x12>\n\x08metadata\x18\x06 \x03(\x0b\x32,.mlbridge.runtime.v1.CallReply.MetadataEntry\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x0bStreamEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.mlbridge.v1.ChunkH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.mlbridge.v1.ProgressH\x00\x12/\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x1e.mlbridge.runtime.v1.CallReplyH\x00\x12-\n\x07request\x18\x05 \x01(\x0b\x32\x1a.mlbridge.v1.ClientRequestH\x00\x42\x07\n\x05\x65vent\" \n\rCancelRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"\x1c\n\x0b\x43\x61ncelReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\xc5\x02\n\x10\x43onfigureRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x43\n\x07secrets\x18\x02 \x03(\x0b\x32\x32.mlbridge.runtime.v1.ConfigureRequest.SecretsEntry\x12;\n\x03\x65nv\x18\x03 \x03(\x0b\x32..mlbridge.runtime.v1.ConfigureRequest.EnvEntry\x12/\n\x06models\x18\x04 \x03(\x0b\x32\x1f.mlbridge.runtime.v1.ModelGrant\x12\x12\n\nexport_dir\x18\x05 \x01(\t\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\nModelGrant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x39\n\x05\x66iles\x18\x04 \x03(\x0b\x32*.mlbridge.runtime.v1.ModelGrant.FilesEntry\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x10\n\x0e\x43onfigureReply2\xb6\x04\n\x07Runtime\x12T\n\x08\x44\x65scribe\x12$.mlbridge.runtime.v1.DescribeRequest\x1a\".mlbridge.runtime.v1.DescribeReply\x12H\n\x04\x43\x61ll\x12 .mlbridge.runtime.v1.CallRequest\x1a\x1e.mlbridge.runtime.v1.CallReply\x12R\n\nCallStream\x12 .mlbridge.runtime.v1.CallRequest\x1a .mlbridge.runtime.v1.StreamEvent0\x01\x12N\n\x07Session\x12\x1e.mlbridge.runtime.v1.CallBatch\x1a\x1f.mlbridge.runtime.v1.ReplyBatch(\x01\x30\x01\x12N\n\x06\x43\x61ncel\x12\".mlbridge.runtime.v1.CancelRequest\x1a .mlbridge.runtime.v1.CancelReply\x12W\n\tConfigure\x12%.mlbridge.runtime.v1.ConfigureRequest\x1a#.mlbridge.runtime.v1.ConfigureReply\x12>\n\x06\x41nswer\x12\x1a.mlbridge.v1.AnswerRequest\x1a\x18.mlbridge.v1.AnswerReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!runtimes/wire/proto/runtime.proto\x12\x13mlbridge.runtime.v1\x1a runtimes/wire/proto/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xf0\x02\n\rDescribeReply\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x19\n\x11\x66ramework_version\x18\x03 \x01(\t\x12*\n\x08\x63ommands\x18\x04 \x03(\x0b\x32\x18.mlbridge.v1.CommandInfo\x12\x35\n\x0eresource_types\x18\x05 \x03(\x0b\x32\x1d.mlbridge.v1.ResourceTypeInfo\x12\x42\n\x08packages\x18\x06 \x03(\x0b\x32\x30.mlbridge.runtime.v1.DescribeReply.PackagesEntry\x12\x17\n\x0fruntime_version\x18\x07 \x01(\t\x12\x16\n\x0epython_version\x18\x08 \x01(\t\x12\x18\n\x10required_secrets\x18\t \x03(\t\x1a/\n\rPackagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc6\x02\n\x0b\x43\x61llRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12\x46\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x31.mlbridge.runtime.v1.CallRequest.AttachmentsEntry\x12\x13\n\x0bresource_id\x18\x05 \x01(\t\x12\x15\n\rresource_type\x18\x06 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x07 \x01(\x03\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x1b\n\x13resource_state_json\x18\t \x01(\t\x12\x13\n\x0btraceparent\x18\n \x01(\t\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"<\n\tCallBatch\x12/\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32 .mlbridge.runtime.v1.CallRequest\"=\n\nReplyBatch\x12/\n\x07replies\x18\x01 \x03(\x0b\x32\x1e.mlbridge.runtime.v1.CallReply\"<\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x03 \x01(\t\"\xd3\x02\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x44\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32/.mlbridge.runtime.v1.CallReply.AttachmentsEntry\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.mlbridge.runtime.v1.Error\x12>\n\x08metadata\x18\x06 \x03(\x0b\x32,.mlbridge.runtime.v1.CallReply.MetadataEntry\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x0bStreamEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.mlbridge.v1.ChunkH\x00\x12)\n\x08progress\x18\x03 \x01(\x0b\x32\x15.mlbridge.v1.ProgressH\x00\x12/\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x1e.mlbridge.runtime.v1.CallReplyH\x00\x12-\n\x07request\x18\x05 \x01(\x0b\x32\x1a.mlbridge.v1.ClientRequestH\x00\x42\x07\n\x05\x65vent\" \n\rCancelRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"\x1c\n\x0b\x43\x61ncelReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\xc5\x02\n\x10\x43onfigureRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x43\n\x07secrets\x18\x02 \x03(\x0b\x32\x32.mlbridge.runtime.v1.ConfigureRequest.SecretsEntry\x12;\n\x03\x65nv\x18\x03 \x03(\x0b\x32..mlbridge.runtime.v1.ConfigureRequest.EnvEntry\x12/\n\x06models\x18\x04 \x03(\x0b\x32\x1f.mlbridge.runtime.v1.ModelGrant\x12\x12\n\nexport_dir\x18\x05 \x01(\t\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\nModelGrant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x39\n\x05\x66iles\x18\x04 \x03(\x0b\x32*.mlbridge.runtime.v1.ModelGrant.FilesEntry\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x10\n\x0e\x43onfigureReply2\xb6\x04\n\x07Runtime\x12T\n\x08\x44\x65scribe\x12$.mlbridge.runtime.v1.DescribeRequest\x1a\".mlbridge.runtime.v1.DescribeReply\x12H\n\x04\x43\x61ll\x12 .mlbridge.runtime.v1.CallRequest\x1a\x1e.mlbridge.runtime.v1.CallReply\x12R\n\nCallStream\x12 .mlbridge.runtime.v1.CallRequest\x1a .mlbridge.runtime.v1.StreamEvent0\x01\x12N\n\x07Session\x12\x1e.mlbridge.runtime.v1.CallBatch\x1a\x1f.mlbridge.runtime.v1.ReplyBatch(\x01\x30\x01\x12N\n\x06\x43\x61ncel\x12\".mlbridge.runtime.v1.CancelRequest\x1a .mlbridge.runtime.v1.CancelReply\x12W\n\tConfigure\x12%.mlbridge.runtime.v1.ConfigureRequest\x1a#.mlbridge.runtime.v1.ConfigureReply\x12>\n\x06\x41nswer\x12\x1a.mlbridge.v1.AnswerRequest\x1a\x18.mlbridge.v1.AnswerReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,39 +53,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEREPLY_PACKAGESENTRY']._serialized_start=433
   _globals['_DESCRIBEREPLY_PACKAGESENTRY']._serialized_end=480
   _globals['_CALLREQUEST']._serialized_start=483
-  _globals['_CALLREQUEST']._serialized_end=788
-  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_start=738
-  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_end=788
-  _globals['_CALLBATCH']._serialized_start=790
-  _globals['_CALLBATCH']._serialized_end=850
-  _globals['_REPLYBATCH']._serialized_start=852
-  _globals['_REPLYBATCH']._serialized_end=913
-  _globals['_ERROR']._serialized_start=915
-  _globals['_ERROR']._serialized_end=975
-  _globals['_CALLREPLY']._serialized_start=978
-  _globals['_CALLREPLY']._serialized_end=1317
-  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_start=738
-  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_end=788
-  _globals['_CALLREPLY_METADATAENTRY']._serialized_start=1270
-  _globals['_CALLREPLY_METADATAENTRY']._serialized_end=1317
-  _globals['_STREAMEVENT']._serialized_start=1320
-  _globals['_STREAMEVENT']._serialized_end=1535
-  _globals['_CANCELREQUEST']._serialized_start=1537
-  _globals['_CANCELREQUEST']._serialized_end=1569
-  _globals['_CANCELREPLY']._serialized_start=1571
-  _globals['_CANCELREPLY']._serialized_end=1599
-  _globals['_CONFIGUREREQUEST']._serialized_start=1602
-  _globals['_CONFIGUREREQUEST']._serialized_end=1927
-  _globals['_CONFIGUREREQUEST_SECRETSENTRY']._serialized_start=1837
-  _globals['_CONFIGUREREQUEST_SECRETSENTRY']._serialized_end=1883
-  _globals['_CONFIGUREREQUEST_ENVENTRY']._serialized_start=1885
-  _globals['_CONFIGUREREQUEST_ENVENTRY']._serialized_end=1927
-  _globals['_MODELGRANT']._serialized_start=1930
-  _globals['_MODELGRANT']._serialized_end=2109
-  _globals['_MODELGRANT_FILESENTRY']._serialized_start=2065
-  _globals['_MODELGRANT_FILESENTRY']._serialized_end=2109
-  _globals['_CONFIGUREREPLY']._serialized_start=2111
-  _globals['_CONFIGUREREPLY']._serialized_end=2127
-  _globals['_RUNTIME']._serialized_start=2130
-  _globals['_RUNTIME']._serialized_end=2696
+  _globals['_CALLREQUEST']._serialized_end=809
+  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_start=759
+  _globals['_CALLREQUEST_ATTACHMENTSENTRY']._serialized_end=809
+  _globals['_CALLBATCH']._serialized_start=811
+  _globals['_CALLBATCH']._serialized_end=871
+  _globals['_REPLYBATCH']._serialized_start=873
+  _globals['_REPLYBATCH']._serialized_end=934
+  _globals['_ERROR']._serialized_start=936
+  _globals['_ERROR']._serialized_end=996
+  _globals['_CALLREPLY']._serialized_start=999
+  _globals['_CALLREPLY']._serialized_end=1338
+  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_start=759
+  _globals['_CALLREPLY_ATTACHMENTSENTRY']._serialized_end=809
+  _globals['_CALLREPLY_METADATAENTRY']._serialized_start=1291
+  _globals['_CALLREPLY_METADATAENTRY']._serialized_end=1338
+  _globals['_STREAMEVENT']._serialized_start=1341
+  _globals['_STREAMEVENT']._serialized_end=1556
+  _globals['_CANCELREQUEST']._serialized_start=1558
+  _globals['_CANCELREQUEST']._serialized_end=1590
+  _globals['_CANCELREPLY']._serialized_start=1592
+  _globals['_CANCELREPLY']._serialized_end=1620
+  _globals['_CONFIGUREREQUEST']._serialized_start=1623
+  _globals['_CONFIGUREREQUEST']._serialized_end=1948
+  _globals['_CONFIGUREREQUEST_SECRETSENTRY']._serialized_start=1858
+  _globals['_CONFIGUREREQUEST_SECRETSENTRY']._serialized_end=1904
+  _globals['_CONFIGUREREQUEST_ENVENTRY']._serialized_start=1906
+  _globals['_CONFIGUREREQUEST_ENVENTRY']._serialized_end=1948
+  _globals['_MODELGRANT']._serialized_start=1951
+  _globals['_MODELGRANT']._serialized_end=2130
+  _globals['_MODELGRANT_FILESENTRY']._serialized_start=2086
+  _globals['_MODELGRANT_FILESENTRY']._serialized_end=2130
+  _globals['_CONFIGUREREPLY']._serialized_start=2132
+  _globals['_CONFIGUREREPLY']._serialized_end=2148
+  _globals['_RUNTIME']._serialized_start=2151
+  _globals['_RUNTIME']._serialized_end=2717
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,7 @@ class DescribeReply(_message.Message):
     def __init__(self, bridge: _Optional[str] = ..., framework: _Optional[str] = ..., framework_version: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[_common_pb2.CommandInfo, _Mapping]]] = ..., resource_types: _Optional[_Iterable[_Union[_common_pb2.ResourceTypeInfo, _Mapping]]] = ..., packages: _Optional[_Mapping[str, str]] = ..., runtime_version: _Optional[str] = ..., python_version: _Optional[str] = ..., required_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "command", "args_json", "attachments", "resource_id", "resource_type", "deadline_unix_ms", "tenant", "resource_state_json")
+    __slots__ = ("call_id", "command", "args_json", "attachments", "resource_id", "resource_type", "deadline_unix_ms", "tenant", "resource_state_json", "traceparent")
     class AttachmentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class CallRequest(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_STATE_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     command: str
     args_json: str
@@ -67,7 +68,8 @@ class CallRequest(_message.Message):
     deadline_unix_ms: int
     tenant: str
     resource_state_json: str
-    def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., resource_state_json: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, call_id: _Optional[str] = ..., command: _Optional[str] = ..., args_json: _Optional[str] = ..., attachments: _Optional[_Mapping[str, bytes]] = ..., resource_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., resource_state_json: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class CallBatch(_message.Message):
     __slots__ = ("calls",)
