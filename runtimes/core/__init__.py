@@ -1,8 +1,9 @@
 """mlbridge runtime SDK: what a bridge needs to serve a framework.
 
 Public names: :class:`Bridge`, :func:`command`, :class:`Resource`,
-:class:`ResourceStore`, :class:`CallContext`, and the error hierarchy rooted
-at :class:`MLBridgeError` (from the wire kernel, :mod:`runtimes.wire.errors`,
+:class:`ResourceStore`, :class:`CallContext`, :class:`BridgeMetrics` (what
+``Bridge.metrics`` is), and the error hierarchy rooted at
+:class:`MLBridgeError` (from the wire kernel, :mod:`runtimes.wire.errors`,
 where the rest of it lives).
 """
 
@@ -20,10 +21,12 @@ from .context import CallContext
 from .grants import ModelGrant, export_model, find_model
 from .loader import ENTRY_POINT_GROUP, load_bridge_class
 from .store import ResourceStore
+from .telemetry import BridgeMetrics
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Bridge",
+    "BridgeMetrics",
     "CallContext",
     "Cancelled",
     "CommandSpec",

@@ -32,6 +32,7 @@ from ..wire.errors import FrameworkError, InvalidArgument, MLBridgeError, flatte
 from .context import CallContext
 from .grants import ModelGrant
 from .store import ResourceStore
+from .telemetry import BridgeMetrics
 
 __all__ = ["Bridge", "CommandSpec", "Resource", "command"]
 
@@ -156,6 +157,7 @@ class Bridge:
             worker's resources (``get``, ``get_as``, ``add``, ``remove``).
         required_secrets: secret names the bridge needs (delivered per tenant).
         packages: distributions whose versions ``describe`` reports.
+        metrics: the bridge's :class:`~runtimes.core.telemetry.BridgeMetrics`.
     """
 
     name: ClassVar[str] = ""
@@ -178,6 +180,9 @@ class Bridge:
         self.preloaded: dict[str, Any] = {}
         #: The resources this worker holds; handlers add, look up and remove through it.
         self.resources: ResourceStore[Resource] = ResourceStore()
+        #: This bridge's own counters and histograms (declare them in ``__init__`` or ``setup``);
+        #: reported to the orchestrator with the replies (:mod:`runtimes.core.telemetry`).
+        self.metrics = BridgeMetrics()
         self._types: dict[str, type[Resource]] = {t.type_name: t for t in self.resource_types}
         self.commands: dict[str, CommandSpec] = {}
         for klass in reversed(type(self).__mro__):
@@ -218,6 +223,15 @@ class Bridge:
 
     def stats(self) -> dict[str, Any]:
         """Bridge-specific figures for ``common:stats``."""
+        return {}
+
+    def health(self) -> dict[str, tuple[bool, str]]:
+        """Checks of this worker's framework for ``common:health``: check name -> (ok, detail).
+
+        Runs in a call thread; keep it cheap (well under a second) and offline.
+        The default has no checks (healthy). An exception raised here makes
+        the worker unhealthy, with the error as the detail.
+        """
         return {}
 
     # -- resource types -----------------------------------------------------

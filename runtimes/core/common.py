@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..wire.errors import AlreadyExists, InvalidArgument
+from ..wire.errors import AlreadyExists, InvalidArgument, flatten_exception
 from ..wire.payload import loads_strict as parse_json
 from .bridge import Bridge, Resource, command
 from .context import CallContext
 from .grants import ModelGrant
 from .jsonio import check_schema
+from .profile import PROFILE_SCHEMA
+from .profile import profile as run_profile
 
 _TYPE_FILTER_SCHEMA = {"type": "object", "properties": {"type": {"type": "string"}}}
 
@@ -39,10 +41,40 @@ _PRELOAD_SCHEMA: dict[str, Any] = {
 }
 
 
+#: Health check details are cut to this many characters.
+MAX_HEALTH_DETAIL_CHARS = 300
+_NO_ARGS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def health_report(bridge: Bridge) -> dict[str, Any]:
+    """``common:health``: the bridge's :meth:`~Bridge.health` checks, never an error.
+
+    ``{"ok": every check ok (True when there are none), "bridge": name,
+    "checks": {name: {"ok": bool, "detail": str}}}``; a hook that raises (or
+    answers something else than name -> (ok, detail)) adds the failing check
+    ``health_hook`` with the flattened error.
+    """
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        found = bridge.health()
+        if not isinstance(found, dict):
+            raise TypeError(f"health() must return a dict of check name -> (ok, detail), "
+                            f"not {type(found).__name__}")
+        for name, value in found.items():
+            ok, detail = value
+            checks[str(name)[:128]] = {"ok": bool(ok), "detail": str(detail)[:MAX_HEALTH_DETAIL_CHARS]}
+    except Exception as exc:  # noqa: BLE001 - an unhealthy worker, not a failed call
+        checks["health_hook"] = {"ok": False, "detail": flatten_exception(exc)[:MAX_HEALTH_DETAIL_CHARS]}
+    return {"ok": all(c["ok"] for c in checks.values()), "bridge": bridge.name, "checks": checks}
+
+
 class Served(Protocol):
     """What the common commands read of the worker serving them (the dispatcher)."""
 
     bridge: Bridge
+    max_reply_bytes: int
+
+    def call_here(self, ctx: CallContext, args: dict[str, Any]) -> Any: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -77,6 +109,17 @@ class CommonCommands:
     @command("get_stats", description="Alias of common:stats", inline=True)
     def get_stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.d.stats()
+
+    @command("health", description="The bridge's own health checks: {ok, bridge, checks: {name: {ok, detail}}}",
+             schema=_NO_ARGS)
+    def health(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return health_report(self.d.bridge)
+
+    @command("profile", description="Profile one call ({command, args} or {resource_id, inputs}: cProfile and "
+                                    "stack samples) or sample every thread ({sample_s, interval_ms})",
+             schema=PROFILE_SCHEMA)
+    def profile(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return run_profile(self.d, ctx, args)
 
     @command("list_models", description="Models of the model store this tenant may load here "
                                         "(name, hash, size), and whether this worker can export models",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..wire.errors import Cancelled, DeadlineExceeded, InvalidArgument
 from .asks import Requests
+from .tracing import NO_SPAN, CallTrace, SpanScope
 
 if TYPE_CHECKING:
     from .store import Stored
@@ -41,6 +42,9 @@ class CallContext:
         "resource_state_json",
         "requests",
         "changed",
+        "trace",
+        "tokens_in",
+        "tokens_out",
         "_cancelled",
         "_emit",
     )
@@ -59,6 +63,7 @@ class CallContext:
         emit: Emit | None = None,
         max_reply_bytes: int | None = None,
         resource_state_json: str = "",
+        trace: CallTrace | None = None,
     ) -> None:
         self.call_id = call_id
         self.command = command
@@ -81,6 +86,11 @@ class CallContext:
         self.requests = Requests()
         #: Resources whose state changed in this call (:meth:`save_state`), by id.
         self.changed: dict[str, Stored] = {}
+        #: The trace this call's spans join (None: not traced; :meth:`span` then does nothing).
+        self.trace = trace
+        #: Tokens this call used, as the bridge reported them (:meth:`record_tokens`).
+        self.tokens_in = 0
+        self.tokens_out = 0
         self._cancelled = threading.Event()
         self._emit = emit
 
@@ -182,3 +192,47 @@ class CallContext:
     def save_state(self, resource: Stored) -> None:
         """Have the orchestrator store ``resource.snapshot()`` after this call, before its reply goes out."""
         self.changed[resource.resource_id] = resource
+
+    # -- telemetry ---------------------------------------------------------------
+    def record_tokens(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        """Add to the tokens this call used (prompt and generated), for the tenant's usage accounting.
+
+        Raises:
+            ValueError: a count that is not an int >= 0.
+        """
+        for what, n in (("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+            if n.__class__ is not int or n < 0:
+                raise ValueError(f"record_tokens: {what} must be an int >= 0, got {n!r}")
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+
+    def span(self, name: str, /, **attributes: Any) -> SpanScope:
+        """``with ctx.span("tokenize", n=3) as s:`` marks a span of this call's trace (nested in the span
+        open around it, else in the handler's). An exception inside sets ``error.type`` and propagates.
+
+        Attribute values are str, int, float or bool (others become their ``str``; strings are cut to
+        256 characters; at most 16). On a call that is not traced this does nothing, and costs next to
+        nothing.
+        """
+        trace = self.trace
+        if trace is None:
+            return NO_SPAN
+        return trace.span(name, attributes)
+
+    def nested(self, command: str, *, resource_id: str = "", resource_type: str = "") -> CallContext:
+        """A context for running ``command`` inside this call (``common:profile``): it shares this call's
+        cancellation, deadline, trace, tenant, secrets and attachments; it does not stream."""
+        inner = CallContext(call_id=self.call_id, command=command, tenant=self.tenant, resource_id=resource_id,
+                            resource_type=resource_type, attachments=self.attachments, secrets=self.secrets,
+                            max_reply_bytes=self.max_reply_bytes, trace=self.trace)
+        inner.deadline = self.deadline
+        inner._cancelled = self._cancelled
+        return inner
+
+    def absorb(self, inner: CallContext) -> None:
+        """Take what a :meth:`nested` call left for the reply: metadata, attachments, changed states, tokens."""
+        self.metadata.update(inner.metadata)
+        self.reply_attachments.update(inner.reply_attachments)
+        self.changed.update(inner.changed)
+        self.tokens_in += inner.tokens_in
+        self.tokens_out += inner.tokens_out

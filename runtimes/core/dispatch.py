@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import json
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ from ..wire.errors import (
     DeadlineExceeded,
     MLBridgeError,
     PermissionDenied,
+    Unavailable,
     UnknownCommand,
 )
 from ..wire.payload import encode_capped, parse_object
@@ -40,6 +42,7 @@ from .bridge import Bridge, CommandSpec, dist_version
 from .context import CallContext
 from .grants import ModelGrant
 from .jsonio import check_schema
+from .tracing import CallTrace
 
 log = logging.getLogger("mlbridge.runtime")
 
@@ -52,6 +55,8 @@ STREAM_WINDOW = 256
 CONFIGURE_ENV = frozenset(
     {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"}
 )
+#: The largest metrics report one reply carries (JSON, UTF-8 bytes); a larger one is dropped and counted.
+MAX_METRICS_BYTES = 64 * 1024
 
 
 @dataclass
@@ -105,6 +110,11 @@ class Dispatcher:
         self.stuck = 0
         self.stuck_calls: dict[str, Running] = {}
         self.configured = False
+        #: The event loop calls run on (known from the first call that left it; :meth:`call_here`).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Metrics reports dropped for being over :data:`MAX_METRICS_BYTES`.
+        self.metrics_reports_dropped = 0
+        self._metrics = bridge.metrics  # read on every reply: one attribute away
 
     # -- lookup ---------------------------------------------------------------
     def resolve(self, command: str) -> tuple[CommandSpec, object]:
@@ -182,6 +192,7 @@ class Dispatcher:
             "rss_bytes": common.rss_bytes(),
             "uptime_s": round(time.time() - self.started, 3),
             "tenant": self.bridge.tenant,
+            "metrics_dropped": self.bridge.metrics.dropped,
             "bridge_stats": self.bridge.stats(),
         }
 
@@ -241,9 +252,11 @@ class Dispatcher:
 
     # -- running --------------------------------------------------------------
     def make_context(self, *, call_id: str, command: str, emit: Callable[[str, Any], None] | None = None,
-                     **fields: Any) -> CallContext:
+                     traceparent: str = "", **fields: Any) -> CallContext:
+        """The context of one call; ``traceparent`` (W3C) naming a sampled trace makes it a traced call."""
         return CallContext(call_id=call_id, command=command, emit=emit, secrets=self.bridge.secrets,
-                           max_reply_bytes=self.max_reply_bytes, **fields)
+                           max_reply_bytes=self.max_reply_bytes,
+                           trace=CallTrace.from_traceparent(traceparent) if traceparent else None, **fields)
 
     async def run(self, ctx: CallContext, args_json: str) -> Outcome:
         """Run one call to completion (unary, or the body of a stream)."""
@@ -272,9 +285,36 @@ class Dispatcher:
             self.running.pop(ctx.call_id, None)
         if ctx.changed:
             self._attach_states(ctx, out)
+        if ctx.trace is not None:
+            self._attach_spans(ctx, out)
+        if ctx.tokens_in or ctx.tokens_out:
+            ctx.metadata[meta.USAGE] = json.dumps({"tokens_in": ctx.tokens_in, "tokens_out": ctx.tokens_out})
+        if self._metrics.pending:
+            self._attach_metrics(ctx)
         out.attachments = ctx.reply_attachments
         out.metadata = ctx.metadata
         return out
+
+    def _attach_spans(self, ctx: CallContext, out: Outcome) -> None:
+        """The handler span and the bridge's spans of a traced call, for the orchestrator to export."""
+        assert ctx.trace is not None
+        ctx.metadata[meta.SPANS] = ctx.trace.finish(out.error.code if out.error is not None else "")
+
+    def _attach_metrics(self, ctx: CallContext) -> None:
+        """What the bridge's metrics counted since the last reply that carried a report."""
+        metrics = self._metrics
+        report = metrics.take()
+        if report is None:
+            return
+        text = json.dumps(report, separators=(",", ":"))  # ASCII: characters are bytes
+        if len(text) > MAX_METRICS_BYTES:
+            self.metrics_reports_dropped += 1
+            lost = len(report["series"])
+            metrics.count_dropped(lost)
+            log.warning("a metrics report of bridge %s was %d bytes, over the %d-byte cap: its %d series were "
+                        "dropped", self.bridge.name, len(text), MAX_METRICS_BYTES, lost)
+            return
+        ctx.metadata[meta.METRICS] = text
 
     def _attach_states(self, ctx: CallContext, out: Outcome) -> None:
         """Put the snapshots of the resources this call changed in the reply, for the orchestrator to keep.
@@ -324,7 +364,7 @@ class Dispatcher:
         if spec.is_async:
             work: asyncio.Future[Any] = asyncio.ensure_future(self._run_async(spec, owner, ctx, args, run))
         else:
-            loop = asyncio.get_running_loop()
+            self.loop = loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self.executor, self._run_sync, spec, owner, ctx, args, run, loop)
         return await self._await_bounded(work, ctx, run)
 
@@ -396,16 +436,27 @@ class Dispatcher:
     def _run_sync(self, spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
                   run: Running, loop: asyncio.AbstractEventLoop) -> Any:
         try:
-            value = spec.func(owner, ctx, args)
-            if inspect.iscoroutine(value) or inspect.isasyncgen(value):
-                # An async hook behind a sync handler (``async def execute`` under
-                # common:execute_resource): it runs on the event loop, this thread waits.
-                value = _wait_on_loop(value if inspect.iscoroutine(value) else _drain_async(value, ctx), loop, ctx)
-            if inspect.isgenerator(value):
-                return _drain(value, ctx)
-            return value
+            return _call_sync(spec, owner, ctx, args, loop)
         finally:
             run.done.set()
+
+    def call_here(self, ctx: CallContext, args: dict[str, Any]) -> Any:
+        """Run ``ctx.command`` with ``args`` to its end in the calling thread (not the event loop's): a
+        plain handler runs here, an ``async`` one on the event loop while this thread waits. For
+        ``common:profile``, whose profiler sees this thread.
+
+        Raises:
+            UnknownCommand / InvalidArgument: as a call would; and whatever the handler raised.
+        """
+        spec, owner = self.resolve(ctx.command)
+        check_schema(args, spec.schema, ctx.command)
+        loop = self.loop
+        if spec.is_async:
+            if loop is None:
+                raise Unavailable("the runtime's event loop is not known yet; call again")
+            run = Running(ctx, asyncio.Event())
+            return _wait_on_loop(self._run_async(spec, owner, ctx, args, run), loop, ctx)
+        return _call_sync(spec, owner, ctx, args, loop)
 
     async def _run_async(self, spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
                          run: Running) -> Any:
@@ -453,6 +504,21 @@ class Dispatcher:
             if not task.done():  # the client went away: stop the handler
                 ctx.cancel()
                 task.cancel()
+
+
+def _call_sync(spec: CommandSpec, owner: object, ctx: CallContext, args: dict[str, Any],
+               loop: asyncio.AbstractEventLoop | None) -> Any:
+    """Run a plain handler in this thread to its end (a generator's chunks streamed or collected)."""
+    value = spec.func(owner, ctx, args)
+    if inspect.iscoroutine(value) or inspect.isasyncgen(value):
+        # An async hook behind a sync handler (``async def execute`` under
+        # common:execute_resource): it runs on the event loop, this thread waits.
+        if loop is None:
+            raise Unavailable("the runtime's event loop is not known yet; call again")
+        value = _wait_on_loop(value if inspect.iscoroutine(value) else _drain_async(value, ctx), loop, ctx)
+    if inspect.isgenerator(value):
+        return _drain(value, ctx)
+    return value
 
 
 def _release(item: tuple[Any, ...]) -> tuple[str, Any]:

@@ -49,7 +49,7 @@ def _reply(call_id: str, out: Outcome) -> pb.CallReply:
 
 
 def _ctx_fields(req: pb.CallRequest) -> dict[str, Any]:
-    return {
+    fields = {
         "call_id": req.call_id or uuid.uuid4().hex,
         "command": req.command,
         "tenant": req.tenant,
@@ -59,6 +59,10 @@ def _ctx_fields(req: pb.CallRequest) -> dict[str, Any]:
         "deadline_unix_ms": req.deadline_unix_ms,
         "resource_state_json": req.resource_state_json,
     }
+    traceparent = req.traceparent
+    if traceparent:  # W3C trace context: make_context makes the call a traced one (when sampled)
+        fields["traceparent"] = traceparent
+    return fields
 
 
 class RuntimeServicer(pb_grpc.RuntimeServicer):

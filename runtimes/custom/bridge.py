@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import platform
 import re
 import threading
@@ -108,6 +109,9 @@ _LIST_SCHEMA: dict[str, Any] = {
 }
 
 
+_HEALTH_CODE = "def main(inputs):\n    return inputs['x'] + 1\n"
+
+
 def _int_arg(args: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = args.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -157,6 +161,31 @@ class CustomBridge(CustomBase):
 
     def stats(self) -> dict[str, Any]:
         return {"runs": self._runs, "user_types": sorted(self._user_types), "scratch": self.scratch.path}
+
+    def health(self) -> dict[str, tuple[bool, str]]:
+        """User code runs (a tiny module compiled, executed and called as ``custom:run`` would), and the
+        scratch space is a writable directory."""
+        checks: dict[str, tuple[bool, str]] = {}
+        started = time.perf_counter()
+        try:
+            mod = UserModule(_HEALTH_CODE, label="health-check", extra_globals={"WORKDIR": self.scratch.path})
+            try:
+                mod.execute()
+                got = call_user(mod.function("main"), {"x": 41})
+            finally:
+                mod.release()
+            ms = (time.perf_counter() - started) * 1000
+            checks["interpreter"] = (got == 42, f"Python {platform.python_version()} ran user code "
+                                                f"(main returned {str(got)[:40]}) in {ms:.2f} ms")
+        except Exception as exc:  # noqa: BLE001 - a failing check, not a failed call
+            checks["interpreter"] = (False, self.to_error(exc).flat())
+        try:
+            os.close(self.scratch.open_root())
+            writable = os.access(self.scratch.path, os.W_OK | os.X_OK)
+            checks["scratch"] = (writable, f"{self.scratch.path} is " + ("writable" if writable else "not writable"))
+        except Exception as exc:  # noqa: BLE001
+            checks["scratch"] = (False, self.to_error(exc).flat())
+        return checks
 
     # -- run ----------------------------------------------------------------------
     @command(description="Run Python source: calls its main(inputs[, progress]); a generator main streams",

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from runtimes.core import Bridge
+from runtimes.core.telemetry import Counter
 
 
 class DSPyBase(Bridge):
@@ -23,7 +24,41 @@ class DSPyBase(Bridge):
         self._counts: dict[str, int] = {"executions": 0, "optimizations": 0}
         self._client_secrets: set[str] = set()
         self._lock = threading.Lock()
+        self.lm_calls = self.metrics.counter("lm_calls", "LM calls made by DSPy programs", labels=("model",))
 
     def count(self, name: str) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + 1
+
+    def instrument(self, lm: Any) -> Any:
+        """Have ``lm`` count its calls in the ``lm_calls`` metric (one DSPy callback on the LM itself,
+        which its copies keep); returns ``lm``."""
+        callbacks = getattr(lm, "callbacks", None)
+        if isinstance(callbacks, list):
+            cls = _lm_counter_class()
+            if not any(isinstance(c, cls) for c in callbacks):
+                callbacks.append(cls(self.lm_calls))
+        return lm
+
+
+_counter_cls: type | None = None
+
+
+def _lm_counter_class() -> type:
+    """A DSPy callback counting LM calls (built on first use: ``import dspy`` stays lazy)."""
+    global _counter_cls
+    if _counter_cls is None:
+        from dspy.utils.callback import BaseCallback  # type: ignore[import-untyped]
+
+        class LMCallCounter(BaseCallback):  # type: ignore[misc]
+            def __init__(self, counter: Counter) -> None:
+                self.counter = counter
+
+            def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+                self.counter.inc(model=str(getattr(instance, "model", "") or "unknown"))
+
+            def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+                return self  # the metric is the bridge's: never copied
+
+        _counter_cls = LMCallCounter
+    return _counter_cls

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from runtimes.core import CallContext, InvalidArgument, command
@@ -58,6 +59,35 @@ _SET_SECRET_SCHEMA: dict[str, Any] = {
     "required": ["name"],
     "additionalProperties": False,
 }
+def resolve_lm(lm: Any) -> tuple[bool, str]:
+    """Whether DSPy can route ``lm`` (offline: its provider and model are resolved, nothing is called)."""
+    import dspy  # type: ignore[import-untyped]
+
+    model = str(getattr(lm, "model", "") or "")
+    if isinstance(lm, dspy.utils.DummyLM):
+        return True, "dummy LM (offline)"
+    try:
+        from dspy.clients.backend_selection import select_backend  # type: ignore[import-untyped]
+    except ImportError:
+        return bool(model), f"{model or 'no model'}: configured (this DSPy cannot resolve it offline)"
+    try:
+        chosen = select_backend(lm)
+    except TypeError:  # a custom engine: it owns its own routing
+        return True, f"{model}: custom engine {type(getattr(lm, '_engine_spec', None)).__name__}"
+    except Exception as exc:  # noqa: BLE001 - an LM DSPy cannot route
+        return False, f"{model}: {flatten_exception(exc)}"
+    if chosen.native and chosen.resolution is not None:
+        return True, str(chosen.resolution)
+    litellm = sys.modules.get("litellm")  # never imported here: its import goes to the network
+    if litellm is not None and hasattr(litellm, "get_llm_provider"):
+        try:
+            _, provider, _, _ = litellm.get_llm_provider(model)
+        except Exception as exc:  # noqa: BLE001
+            return False, f"{model}: LiteLLM cannot route it: {flatten_exception(exc)}"
+        return True, f"{model}: via LiteLLM, provider {provider}"
+    return True, f"{model}: via the LiteLLM compatibility engine (provider {model.split('/', 1)[0]!r})"
+
+
 _SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 MAX_SECRET_BYTES = 8192
 # Longest framework error message passed on (provider errors can be pages long).
@@ -95,6 +125,27 @@ class DSPyBridge(DSPyBase):
             return ConfigError(text, details=details)
         return FrameworkError(text, details=details)
 
+    def health(self) -> dict[str, tuple[bool, str]]:
+        """The tenant's default LM resolves (offline, never called), and DSPy answers a one-field
+        Predict through its own DummyLM."""
+        import dspy  # type: ignore[import-untyped]
+
+        checks: dict[str, tuple[bool, str]] = {}
+        with self._lock:
+            lm = self.default_lm
+        if lm is not None:
+            ok, detail = resolve_lm(lm)
+            checks["default_lm"] = (ok, redact(detail, self.secrets.values()))
+        try:
+            answer = dspy.utils.DummyLM([{"answer": "ok"}])
+            with dspy.context(lm=answer):
+                out = dspy.Predict("question -> answer")(question="ping")
+            got = str(getattr(out, "answer", ""))
+            checks["dummy_predict"] = (got == "ok", f"dspy {dspy.__version__}: DummyLM answered {got[:60]!r}")
+        except Exception as exc:  # noqa: BLE001 - a failing check, not a failed call
+            checks["dummy_predict"] = (False, redact(flatten_exception(exc), self.secrets.values()))
+        return checks
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = dict(self._counts)
@@ -111,7 +162,7 @@ class DSPyBridge(DSPyBase):
             lm, info = res.lm, res.info()
         else:
             spec = LMSpec(args)
-            lm, info = spec.build(self.secrets), spec.info()
+            lm, info = self.instrument(spec.build(self.secrets)), spec.info()
             # An inline default LM follows the tenant onto replacement workers.
             ctx.metadata[meta.REPLAY_KEY] = "dspy:default-lm"
         with self._lock:

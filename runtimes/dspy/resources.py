@@ -49,7 +49,7 @@ class LMResource(DSPyResource):
 
     def create(self, ctx: CallContext) -> None:
         self.spec = LMSpec(self.config)
-        self.lm = self.spec.build(self.bridge.secrets)
+        self.lm = self.bridge.instrument(self.spec.build(self.bridge.secrets))
 
     def info(self) -> dict[str, Any]:
         return self.spec.info() if hasattr(self, "spec") else {}

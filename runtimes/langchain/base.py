@@ -43,6 +43,7 @@ class LangChainBase(Bridge):
         self.executor = ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="langchain-run")
         self._counts: dict[str, int] = {"invocations": 0, "batches": 0, "streams": 0, "agent_turns": 0}
         self._lock = threading.Lock()
+        self.llm_calls = self.metrics.counter("llm_calls", "Chat model and LLM calls", labels=("provider",))
 
     def count(self, name: str) -> None:
         with self._lock:
@@ -90,14 +91,14 @@ class RunnableResource(LCResource):
         return self.run(ctx, inputs["input"], inputs.get("config"))
 
     def run(self, ctx: CallContext, value: Any, raw_config: Any) -> dict[str, Any]:
-        config = running.run_config(raw_config, ctx)
+        config = running.run_config(raw_config, ctx, self.bridge.llm_calls)
         self.bridge.count("invocations")
         with self.turn(ctx, config) as turn:
             out = running.invoke(self.runnable, self.prepare_input(value), config, ctx, self.bridge.executor)
             return self.result(out, turn)
 
     def run_stream(self, ctx: CallContext, value: Any, raw_config: Any) -> Generator[dict[str, Any], None, Any]:
-        config = running.run_config(raw_config, ctx)
+        config = running.run_config(raw_config, ctx, self.bridge.llm_calls)
         self.bridge.count("streams")
         with self.turn(ctx, config) as turn:
             out = yield from running.stream(self.runnable, self.prepare_input(value), config, ctx,
@@ -115,7 +116,7 @@ class RunnableResource(LCResource):
             raise InvalidArgument("max_concurrency must be a positive integer")
         keep_going = bool(args.get("return_exceptions", False))
         self.check_batchable()
-        config = running.run_config(args.get("config"), ctx)
+        config = running.run_config(args.get("config"), ctx, self.bridge.llm_calls)
         self.bridge.count("batches")
         outs = running.batch(self.runnable, [self.prepare_input(v) for v in values], config, ctx,
                              self.bridge.executor, max_concurrency=limit, return_exceptions=keep_going)

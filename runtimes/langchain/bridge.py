@@ -34,7 +34,7 @@ from runtimes.core.redaction import install_log_redaction
 from runtimes.wire import metadata as meta
 from runtimes.wire.errors import AlreadyExists, MLBridgeError
 
-from . import errors
+from . import errors, running
 from .agents import AgentResource
 from .base import LangChainBase, RunnableResource
 from .memory import MemoryResource
@@ -97,11 +97,29 @@ class LangChainBridge(LangChainBase):
     def _warm_up(self) -> None:
         """Build and run one tiny offline chain through this bridge's own code, so a tenant's first
         call pays for none of LangChain's lazy imports and first-use work; the counters start at 0."""
-        ctx = CallContext(call_id="warm-up", command="langchain:invoke")
         # On a thread of its own, as calls run: setup is called on the runtime's event loop.
-        self.executor.submit(lambda: self._runnable(ctx, dict(_WARM_UP_CHAIN)).run(ctx, {"x": "warm"}, None)).result()
+        self.executor.submit(self._offline_chain, "warm").result()
         with self._lock:
             self._counts = dict.fromkeys(self._counts, 0)
+
+    def _offline_chain(self, text: str) -> Any:
+        """The warm-up chain (prompt | fake model | parser), built and run through this bridge's own code;
+        counted nowhere (neither stats nor metrics)."""
+        ctx = CallContext(call_id="warm-up", command="langchain:invoke")
+        chain = self._runnable(ctx, dict(_WARM_UP_CHAIN))
+        return running.invoke(chain.runnable, {"x": text}, running.run_config(None, ctx), ctx, self.executor)
+
+    def health(self) -> dict[str, tuple[bool, str]]:
+        """One offline chain (prompt | fake chat model | parser) through this bridge's own code."""
+        import langchain_core
+
+        try:
+            out = self._offline_chain("health")
+        except Exception as exc:  # noqa: BLE001 - a failing check, not a failed call
+            return {"fake_chain": (False, self.to_error(exc).flat())}
+        ok = out == "ok"
+        return {"fake_chain": (ok, f"langchain-core {langchain_core.__version__}: the fake chain answered "
+                                   f"{str(out)[:60]!r}")}
 
     def translate_error(self, exc: BaseException) -> MLBridgeError | None:
         return errors.translate(exc, self.secrets.values())

@@ -10,6 +10,8 @@ it exactly like a provider model: callbacks, ``astream_events``,
   optional delay per token so cancellation and time-to-first-token can be
   seen;
 - ``bind_tools`` (the base class has none), so agents accept it;
+- optional token usage (``usage: true``): words sent and replied, as a
+  provider's ``usage_metadata``, so usage accounting can be seen offline;
 - placeholders that make a reply depend on what the model was sent:
   ``{last_human}``, ``{humans}`` (every human message, `` | ``-joined) and
   ``{tool:NAME}`` (the latest result of tool NAME). An agent's answer can
@@ -45,6 +47,7 @@ class ScriptedChatModel(GenericFakeChatModel):
     script: list[Any]
     cycle: bool = False
     delay_s: float = 0.0
+    usage: bool = False
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _pos: int = PrivateAttr(default=0)
 
@@ -54,6 +57,11 @@ class ScriptedChatModel(GenericFakeChatModel):
     @property
     def _llm_type(self) -> str:
         return "mlbridge-fake"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "fake"  # as the model config names it (metrics label llm_calls{provider})
+        return params
 
     @property
     def replies_used(self) -> int:
@@ -90,8 +98,16 @@ class ScriptedChatModel(GenericFakeChatModel):
             reply = {"content": reply}
         calls = [{"name": c["name"], "args": c.get("args", {}), "id": c.get("id") or f"call_{self._pos}_{i}",
                   "type": "tool_call"} for i, c in enumerate(reply.get("tool_calls", []))]
-        message = AIMessage(content=_fill(reply.get("content", ""), messages), tool_calls=calls)
+        content = _fill(reply.get("content", ""), messages)
+        message = AIMessage(content=content, tool_calls=calls, usage_metadata=self._usage(messages, content))
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _usage(self, messages: list[BaseMessage], content: str) -> Any:
+        if not self.usage:
+            return None
+        sent = sum(len(content_text(m.content).split()) for m in messages)
+        replied = len(content.split())
+        return {"input_tokens": sent, "output_tokens": replied, "total_tokens": sent + replied}
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: Any = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
@@ -103,13 +119,14 @@ class ScriptedChatModel(GenericFakeChatModel):
                 time.sleep(self.delay_s)
             last = i == len(tokens) - 1 and not message.tool_calls
             chunk = ChatGenerationChunk(message=AIMessageChunk(
-                content=token, id=message.id, chunk_position="last" if last else None))
+                content=token, id=message.id, chunk_position="last" if last else None,
+                usage_metadata=message.usage_metadata if last else None))
             if run_manager:
                 run_manager.on_llm_new_token(token, chunk=chunk)
             yield chunk
         if message.tool_calls:
             yield ChatGenerationChunk(message=AIMessageChunk(
-                content="", id=message.id, chunk_position="last",
+                content="", id=message.id, chunk_position="last", usage_metadata=message.usage_metadata,
                 tool_call_chunks=[{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
                                   for i, c in enumerate(message.tool_calls)]))
 

@@ -55,11 +55,12 @@ MODEL_SCHEMA: dict[str, Any] = {
         "responses": {"type": "array", "description": "fake: replies, each a string or {content, tool_calls}"},
         "cycle": {"type": "boolean", "description": "fake: start the script over when it runs out"},
         "delay_s": {"type": "number", "description": "fake: pause before each streamed token"},
+        "usage": {"type": "boolean", "description": "fake: report token usage (words sent and replied)"},
     },
     "additionalProperties": False,
 }
 
-_FAKE_ONLY = ("responses", "cycle", "delay_s")
+_FAKE_ONLY = ("responses", "cycle", "delay_s", "usage")
 
 
 class ModelSpec:
@@ -121,7 +122,7 @@ class ModelSpec:
             from .fake import ScriptedChatModel
 
             return ScriptedChatModel(script=list(cfg.get("responses", [])), cycle=bool(cfg.get("cycle")),
-                                     delay_s=float(cfg.get("delay_s", 0)))
+                                     delay_s=float(cfg.get("delay_s", 0)), usage=bool(cfg.get("usage")))
         kwargs: dict[str, Any] = {k: cfg[k] for k in ("temperature", "max_tokens", "max_retries", "base_url")
                                   if k in cfg}
         if "timeout_s" in cfg:

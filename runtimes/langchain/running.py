@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from runtimes.core import CallContext
+from runtimes.core.telemetry import Counter
 from runtimes.wire.errors import InvalidArgument
 
 from .events import EventMapper
@@ -56,8 +57,11 @@ def current_call() -> CallContext:
     return ctx
 
 
-def run_config(raw: Any, ctx: CallContext) -> dict[str, Any]:
+def run_config(raw: Any, ctx: CallContext, llm_calls: Counter | None = None) -> dict[str, Any]:
     """A RunnableConfig from a call's ``config`` object, with the call's guard attached.
+
+    With ``llm_calls`` the guard also counts the run's model calls there (label ``provider``) and
+    records the tokens their usage metadata reports on ``ctx`` (:meth:`CallContext.record_tokens`).
 
     Raises:
         InvalidArgument: an unknown key or a value of the wrong type, named.
@@ -69,7 +73,7 @@ def run_config(raw: Any, ctx: CallContext) -> dict[str, Any]:
     if unknown:
         raise InvalidArgument(f"config: unexpected key(s) {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(_CONFIG_KEYS))}")
-    config: dict[str, Any] = {"callbacks": [_guard(ctx)]}
+    config: dict[str, Any] = {"callbacks": [_guard(ctx, llm_calls)]}
     if "thread_id" in raw:
         if not isinstance(raw["thread_id"], str) or not raw["thread_id"]:
             raise InvalidArgument("config.thread_id must be a non-empty string")
@@ -94,20 +98,59 @@ def run_config(raw: Any, ctx: CallContext) -> dict[str, Any]:
     return config
 
 
-def _guard(ctx: CallContext) -> Any:
+def _provider(kwargs: dict[str, Any]) -> str:
+    metadata = kwargs.get("metadata")
+    return str((metadata or {}).get("ls_provider") or "unknown") if isinstance(metadata, dict) else "unknown"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_of(response: Any) -> tuple[int, int]:
+    """(input, output) tokens a model's result reports: its messages' ``usage_metadata``, else the
+    provider's ``llm_output.token_usage``; (0, 0) when it reports none."""
+    tokens_in = tokens_out = 0
+    for generations in getattr(response, "generations", None) or []:
+        for gen in generations:
+            usage = getattr(getattr(gen, "message", None), "usage_metadata", None)
+            if isinstance(usage, dict):
+                tokens_in += _count(usage.get("input_tokens"))
+                tokens_out += _count(usage.get("output_tokens"))
+    if not (tokens_in or tokens_out):
+        output = getattr(response, "llm_output", None)
+        usage = output.get("token_usage") if isinstance(output, dict) else None
+        if isinstance(usage, dict):
+            tokens_in = _count(usage.get("prompt_tokens"))
+            tokens_out = _count(usage.get("completion_tokens"))
+    return tokens_in, tokens_out
+
+
+def _guard(ctx: CallContext, llm_calls: Counter | None = None) -> Any:
     from langchain_core.callbacks import BaseCallbackHandler
 
     class Guard(BaseCallbackHandler):
-        """Stops the run at the next boundary once the call is cancelled or past its deadline."""
+        """Stops the run at the next boundary once the call is cancelled or past its deadline;
+        counts model calls and their tokens when the run is metered."""
 
         raise_error = True
         run_inline = True
 
         def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
             ctx.check()
+            if llm_calls is not None:
+                llm_calls.inc(provider=_provider(kwargs))
 
         def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
             ctx.check()
+            if llm_calls is not None:
+                llm_calls.inc(provider=_provider(kwargs))
+
+        def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+            if llm_calls is not None:
+                tokens_in, tokens_out = usage_of(response)
+                if tokens_in or tokens_out:
+                    ctx.record_tokens(tokens_in, tokens_out)
 
         def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
             ctx.check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -79,13 +80,58 @@ class Journal(Resource):
         return {"entries": len(getattr(self, "entries", []))}
 
 
+#: Buckets of the ``mock_values`` histogram (``mock:observe``).
+MOCK_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
+#: Set (non-empty) in a mock worker's environment, it fails the ``mock`` health check with its value as detail.
+UNHEALTHY_ENV = "MLBRIDGE_MOCK_UNHEALTHY"
+_OBSERVE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "value": {"type": "number", "description": "observed into the mock_values histogram"},
+        "count": {"type": "integer", "minimum": 0, "maximum": 10000, "description": "times (default 1)"},
+        "kind": {"type": "string", "maxLength": 16, "description": "the mock_observed counter's label (default a)"},
+        "tokens_in": {"type": "integer", "minimum": 0},
+        "tokens_out": {"type": "integer", "minimum": 0},
+    },
+    "required": ["value"],
+    "additionalProperties": False,
+}
+_SPAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "names": {"type": "array", "items": {"type": "string"}, "description": "nested spans, outermost first"},
+        "attributes": {"type": "object", "description": "set on the innermost span"},
+        "fail": {"type": "boolean", "description": "raise MockFrameworkError inside the innermost span"},
+    },
+    "additionalProperties": False,
+}
+
+
+def _count(args: dict[str, Any], key: str, default: int, high: int) -> int:
+    value = args.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise InvalidArgument(f"{key} must be an integer from 0 to {high}, got {value!r}")
+    return value
+
+
 class MockBridge(Bridge):
     name = "mock"
     framework = ""
     resource_types = (Counter, Ticker, Journal)
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = self.metrics.histogram("mock_values", "Values observed by mock:observe", buckets=MOCK_BUCKETS)
+        self.observed = self.metrics.counter("mock_observed", "Observations made by mock:observe", labels=("kind",))
+
     def framework_version(self) -> str:
         return "0"
+
+    def health(self) -> dict[str, tuple[bool, str]]:
+        reason = os.environ.get(UNHEALTHY_ENV, "")
+        if reason:
+            return {"mock": (False, reason)}
+        return {"mock": (True, "ok")}
 
     def translate_error(self, exc: BaseException) -> MLBridgeError | None:
         if isinstance(exc, MockFrameworkError):
@@ -171,6 +217,47 @@ class MockBridge(Bridge):
         for i in range(0, len(block), 4096):
             block[i] = 1
         return {"allocated_mb": len(block) // (1024 * 1024)}
+
+    @command(description="Observe args.value args.count times (default 1) into the mock_values histogram "
+                         f"(buckets {', '.join(map(str, MOCK_BUCKETS))}), add args.count to the mock_observed "
+                         "counter (label kind: args.kind, default a) and record args.tokens_in / tokens_out",
+             schema=_OBSERVE_SCHEMA, inline=True)
+    def observe(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        value = args["value"]
+        count = _count(args, "count", 1, 10000)
+        kind = args.get("kind", "a")
+        if not isinstance(kind, str) or not 1 <= len(kind) <= 16:
+            raise InvalidArgument("kind must be a string of 1 to 16 characters")
+        tokens_in, tokens_out = (_count(args, k, 0, 1 << 40) for k in ("tokens_in", "tokens_out"))
+        try:
+            for _ in range(count):
+                self.values.observe(value)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        self.observed.inc(count, kind=kind)
+        ctx.record_tokens(tokens_in=tokens_in, tokens_out=tokens_out)
+        return {"observed": count, "kind": kind}
+
+    @command(description="Mark nested spans args.names (outermost first) in this call's trace; args.fail raises "
+                         "inside the innermost", schema=_SPAN_SCHEMA)
+    def span(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        names = list(args.get("names") or ["mock"])
+        if len(names) > 200:
+            raise InvalidArgument("names: at most 200 nested spans")
+        attributes = args.get("attributes") or {}
+
+        def nest(depth: int) -> None:
+            with ctx.span(str(names[depth])) as span:
+                if depth + 1 < len(names):
+                    nest(depth + 1)
+                    return
+                for key, value in attributes.items():
+                    span.set_attribute(key, value)
+                if args.get("fail"):
+                    raise MockFrameworkError("failed inside a span")
+
+        nest(0)
+        return {"spans": len(names), "traced": ctx.trace is not None}
 
     @command(description="The tenant and the names (never values) of the secrets this worker holds", inline=True)
     def whoami(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

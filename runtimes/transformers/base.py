@@ -23,11 +23,15 @@ from typing import Any
 from runtimes.core import Bridge, CallContext, Resource
 from runtimes.wire.errors import InvalidArgument
 
-__all__ = ["MAX_INPUTS", "TransformersBase", "TransformersResource", "check_keys", "holding", "parameters", "serial",
+__all__ = ["BATCH_BUCKETS", "LOAD_BUCKETS", "MAX_INPUTS", "TransformersBase", "TransformersResource", "check_keys", "holding", "parameters", "serial",
            "texts"]
 
 #: Most texts one call may send.
 MAX_INPUTS = 1024
+#: Buckets of the ``batch_size`` metric (requests per model invocation).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+#: Buckets of the ``model_load_seconds`` metric.
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 #: Keyword arguments a call may not pass to a pipeline, ``generate`` or a tokenizer.
 REFUSED_PARAMETERS = frozenset({
     "streamer", "stopping_criteria", "logits_processor", "prefix_allowed_tokens_fn", "assistant_model",
@@ -70,16 +74,29 @@ def holding(lock: threading.Lock, ctx: CallContext) -> Iterator[None]:
 
 
 class TransformersBase(Bridge):
-    """Per-worker counters ``transformers:stats`` reports (calls and generated tokens)."""
+    """Per-worker counters ``transformers:stats`` reports (calls and generated tokens), and the bridge's
+    metrics (``batch_size``, ``model_load_seconds``, ``tokens_generated``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.batch_size = self.metrics.histogram("batch_size", "Requests per model invocation (adaptive batching)",
+                                                 buckets=BATCH_BUCKETS)
+        self.model_load_seconds = self.metrics.histogram(
+            "model_load_seconds", "Seconds to size, verify and read a model from the store", buckets=LOAD_BUCKETS)
+        self.tokens_generated = self.metrics.counter("tokens_generated", "Tokens generated", labels=("model",))
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + n
+
+    def generated(self, ctx: CallContext, model: str, tokens_in: int, tokens_out: int) -> None:
+        """Count a generation: the stats' ``generated_tokens``, the ``tokens_generated`` metric and the
+        call's usage (:meth:`CallContext.record_tokens`)."""
+        self.count("generated_tokens", tokens_out)
+        self.tokens_generated.inc(tokens_out, model=model or "unknown")
+        ctx.record_tokens(tokens_in=tokens_in, tokens_out=tokens_out)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -104,8 +104,11 @@ class _Request:
 class Batcher:
     """The queue and batcher thread of one pipeline (started on first use, stopped by :meth:`close`)."""
 
-    def __init__(self, run: Runner, settings: BatchSettings, name: str = "pipeline") -> None:
+    def __init__(self, run: Runner, settings: BatchSettings, name: str = "pipeline",
+                 observe: Callable[[float], None] | None = None) -> None:
         self._run = run
+        #: Called with the number of requests of every model invocation (the ``batch_size`` metric).
+        self._observe = observe
         self.settings = settings
         self._name = name
         self._cond = threading.Condition()
@@ -294,6 +297,8 @@ class Batcher:
             self.invocations += 1
             self.requests += len(batch)
             self.items += sum(req.size for req in batch)
+        if self._observe is not None:
+            self._observe(len(batch))
         return answers
 
     @staticmethod

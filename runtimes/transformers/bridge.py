@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from runtimes.core import CallContext, ModelGrant, command
-from runtimes.wire.errors import MLBridgeError
+from runtimes.wire.errors import MLBridgeError, flatten_exception
 
 from . import errors
 from .base import TransformersBase
@@ -30,10 +31,14 @@ from .datasets import DatasetResource
 from .limits import MiB, cpu_limit, memory_figures, torch_threads
 from .loading import load_model
 from .pipelines import PipelineResource
+from .placement import resolve_device
 from .resources import ModelResource, TokenizerResource
 from .training import TrainingRunResource
 
-__all__ = ["OFFLINE_ENV", "TransformersBridge"]
+__all__ = ["HEALTH_MODELS", "OFFLINE_ENV", "TransformersBridge"]
+
+#: Most models ``common:health`` runs a forward pass of (the smallest first).
+HEALTH_MODELS = 3
 
 #: Set before huggingface_hub is first imported (the image sets them too): no hub, no telemetry, no bars.
 OFFLINE_ENV = {
@@ -98,12 +103,64 @@ class TransformersBridge(TransformersBase):
                 "batching": pipelines,
                 "preloaded": sorted(v.grant.name for v in self.preloaded.values())}
 
+    def health(self) -> dict[str, tuple[bool, str]]:
+        """torch works on this worker's device (a 4x4 matmul), and each model loaded or preloaded here (at
+        most :data:`HEALTH_MODELS`, the smallest first) runs a forward pass on one token."""
+        import torch
+
+        checks: dict[str, tuple[bool, str]] = {}
+        device = "cpu"
+        try:
+            device = resolve_device(None)
+            started = time.perf_counter()
+            x = torch.ones(4, 4, device=device)
+            value = float((x @ x).sum().item())
+            checks["torch"] = (value == 64.0, f"torch {torch.__version__} on {device}: a 4x4 matmul gave {value:g} "
+                                              f"in {(time.perf_counter() - started) * 1000:.2f} ms")
+        except Exception as exc:  # noqa: BLE001 - a failing check, not a failed call
+            checks["torch"] = (False, f"torch on {device}: {flatten_exception(exc)}")
+        for name, model in self._health_models():
+            started = time.perf_counter()
+            try:
+                on = next(model.parameters()).device
+                ids = torch.zeros((1, 1), dtype=torch.long, device=on)
+                extra = {"decoder_input_ids": ids} if getattr(model.config, "is_encoder_decoder", False) else {}
+                with torch.no_grad():
+                    model(input_ids=ids, **extra)
+                checks[f"model:{name}"] = (True, f"a forward pass on one token on {on} took "
+                                                 f"{(time.perf_counter() - started) * 1000:.2f} ms")
+            except Exception as exc:  # noqa: BLE001
+                checks[f"model:{name}"] = (False, f"model {name!r}: {flatten_exception(exc)}")
+        return checks
+
+    def _health_models(self) -> list[tuple[str, Any]]:
+        """(name, model) of the models in memory here, each once, the smallest :data:`HEALTH_MODELS`;
+        a name two of them share is told apart by the resource id."""
+        found: dict[int, tuple[str, str, Any]] = {}
+        for rid, res in self.resources.items("model"):
+            if isinstance(res, ModelResource) and res.model is not None:
+                found.setdefault(id(res.model), (res.model_name, rid, res.model))
+        for rid, res in self.resources.items("pipeline"):
+            model = getattr(getattr(res, "pipe", None), "model", None)
+            if isinstance(res, PipelineResource) and model is not None:
+                found.setdefault(id(model), (str(res.source.get("model") or rid), rid, model))
+        for loaded in list(self.preloaded.values()):
+            model = getattr(loaded, "model", None)
+            if model is not None:
+                found.setdefault(id(model), (loaded.grant.name, "preloaded", model))
+        sized = sorted(found.values(), key=lambda item: sum(p.numel() for p in item[2].parameters()))
+        out: list[tuple[str, Any]] = []
+        for name, where, model in sized[:HEALTH_MODELS]:
+            out.append((f"{name} ({where})" if any(n == name for n, _ in out) else name, model))
+        return out
+
     def preload(self, models: list[ModelGrant]) -> list[dict[str, Any]]:
         """Load each model (verified, sized, as a ``model`` resource with defaults would) for the
         tenant that claims this spare; its first ``model`` or ``pipeline`` of one takes it."""
         out = []
         for grant in models:
-            loaded = load_model({grant.name: grant}, {"model": grant.name, "hash": grant.hash})
+            loaded = load_model({grant.name: grant}, {"model": grant.name, "hash": grant.hash},
+                                observe_seconds=self.model_load_seconds.observe)
             self.preloaded[grant.hash] = loaded
             out.append({"name": grant.name, "hash": grant.hash, "kind": loaded.kind, "device": loaded.device})
         return out

@@ -83,24 +83,33 @@ class StopOnCancel:
     """Stops generation once the call is cancelled or past its deadline (checked after every token).
 
     A ``StoppingCriteria`` by protocol: called with the ids so far, it answers one bool per sequence.
+    It also counts what was generated (:attr:`tokens`): one token per sequence per call, beams not
+    counted apart (sequences that ended early count up to the longest).
     """
 
-    def __init__(self, ctx: CallContext) -> None:
+    def __init__(self, ctx: CallContext, beams: int = 1) -> None:
         self.ctx = ctx
+        self.beams = max(1, beams)
+        self.tokens = 0
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
+        self.tokens += max(1, int(input_ids.shape[0]) // self.beams)
         left = self.ctx.remaining()
         stop = self.ctx.cancelled or (left is not None and left <= 0)
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-def generation_hooks(ctx: CallContext, tokenizer: Any) -> tuple[dict[str, Any], ChunkStreamer | None]:
-    """The ``generate`` keyword arguments a call adds (stopping criteria; a streamer when it streams)."""
+def generation_hooks(ctx: CallContext, tokenizer: Any, beams: Any = 1) -> tuple[dict[str, Any], ChunkStreamer | None]:
+    """The ``generate`` keyword arguments a call adds (stopping criteria; a streamer when it streams).
+
+    ``hooks["stopping_criteria"][0]`` is the call's :class:`StopOnCancel` (its ``tokens``: what was
+    generated); ``beams`` is the call's ``num_beams``.
+    """
     from transformers.generation.stopping_criteria import StoppingCriteriaList
 
-    criteria = StoppingCriteriaList([StopOnCancel(ctx)])
+    criteria = StoppingCriteriaList([StopOnCancel(ctx, beams if isinstance(beams, int) else 1)])
     if not ctx.streaming:
         return {"stopping_criteria": criteria}, None
     streamer = ChunkStreamer(tokenizer, lambda piece: ctx.emit({"text": piece}))

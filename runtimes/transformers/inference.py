@@ -50,13 +50,15 @@ def generate(model: Any, tokenizer: Any, device: str, ctx: CallContext, prompt: 
     gen = dict(params)
     if gen.get("pad_token_id") is None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         gen["pad_token_id"] = tokenizer.eos_token_id
-    hooks, streamer = generation_hooks(ctx, tokenizer)
+    hooks, streamer = generation_hooks(ctx, tokenizer, gen.get("num_beams", 1))
     with torch.inference_mode():
         out = model.generate(**enc, **gen, **hooks)
     ctx.check()
-    new = out[0][enc["input_ids"].shape[1]:].tolist()
+    prompt = int(enc["input_ids"].shape[1])
+    new = out[0][prompt:].tolist()
     text = streamer.text if streamer is not None else tokenizer.decode(new, skip_special_tokens=True)
-    return {"text": text, "token_ids": new}
+    # prompt_tokens is for the caller's usage accounting; it takes it out before replying.
+    return {"text": text, "token_ids": new, "prompt_tokens": prompt}
 
 
 def forward(model: Any, tokenizer: Any, kind: str, device: str, text: str, params: dict[str, Any]) -> dict[str, Any]:

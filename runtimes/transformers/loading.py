@@ -15,6 +15,8 @@ one (:data:`TASK_KINDS`).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,8 +91,12 @@ def _kind(spec: Any, grant: ModelGrant) -> str:
 
 
 def load_model(models: dict[str, ModelGrant], config: dict[str, Any], kind: str | None = None,
-               preloaded: dict[str, Any] | None = None) -> Loaded:
+               preloaded: dict[str, Any] | None = None,
+               observe_seconds: Callable[[float], None] | None = None) -> Loaded:
     """Load the model ``config`` names (``model``, ``hash``, ``dtype``, ``device``, ``kind``).
+
+    ``observe_seconds`` gets the seconds a load from the store took (sizing,
+    verifying, reading, placing; not a preloaded model taken over).
 
     ``kind`` (from a pipeline's task) overrides the config's. A model of
     ``preloaded`` (by hash; the worker loaded it as a spare) with the same
@@ -113,6 +119,7 @@ def load_model(models: dict[str, ModelGrant], config: dict[str, Any], kind: str 
     if isinstance(hit, Loaded) and (hit.kind, hit.dtype, hit.device) == (kind, dtype_name, device):
         del preloaded[grant.hash]  # type: ignore[union-attr]  # one resource owns a loaded model
         return Loaded(hit.model, grant, kind, device, dtype_name, preloaded=True)
+    started = time.perf_counter()
     free, limit_text = free_bytes(device)
     check_fits(grant.name, estimate_bytes(grant.path, grant.files, dtype_name), free, limit_text, dtype_name)
     grant.verify()
@@ -121,6 +128,8 @@ def load_model(models: dict[str, ModelGrant], config: dict[str, Any], kind: str 
     model.eval()
     if device != "cpu":
         model.to(device)
+    if observe_seconds is not None:
+        observe_seconds(time.perf_counter() - started)
     return Loaded(model, grant, kind, device, dtype_name)
 
 

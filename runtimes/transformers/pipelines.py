@@ -125,7 +125,7 @@ class PipelineResource(TransformersResource):
                                                                       if ref.grant is not None else {})}
             return ref.model, ref.tokenizer
         loaded = load_model(self.bridge.models, {k: cfg.get(k) for k in MODEL_CONFIG}, kind=kind,
-                            preloaded=self.bridge.preloaded)
+                            preloaded=self.bridge.preloaded, observe_seconds=self.bridge.model_load_seconds.observe)
         self.device = loaded.device
         self.source = {"model": loaded.grant.name, "hash": loaded.grant.hash}
         tokenizer = None
@@ -145,7 +145,7 @@ class PipelineResource(TransformersResource):
         settings = BatchSettings(**{k: v for k, v in spec.items() if k in ("max_batch_size", "max_batch_time_ms")})
         if not isinstance(settings.max_batch_size, int) or settings.max_batch_size < 1:
             raise InvalidArgument("batching.max_batch_size must be a positive integer")
-        return Batcher(self._run_batch, settings, name=self.resource_id)
+        return Batcher(self._run_batch, settings, name=self.resource_id, observe=self.bridge.batch_size.observe)
 
     def info(self) -> dict[str, Any]:
         if self.pipe is None:
@@ -189,12 +189,17 @@ class PipelineResource(TransformersResource):
         import torch
 
         streamer = None
+        hooks: dict[str, Any] = {}
+        prompt_tokens = 0
         if self.task == "text-generation":
             if ctx.streaming and not isinstance(value, str):
                 raise InvalidArgument("a streaming generation takes one prompt (a string), not a list")
-            hooks, streamer = generation_hooks(ctx, self.tokenizer)
+            hooks, streamer = generation_hooks(ctx, self.tokenizer, params.get("num_beams", 1))
             params = {**params, **hooks}
         with holding(serial(self.tokenizer), ctx), torch.inference_mode():
+            if hooks:  # usage accounting: the prompts' tokens
+                prompt_tokens = sum(len(self.tokenizer(p)["input_ids"])
+                                    for p in ([value] if isinstance(value, str) else value))
             if self.fast is not None and not params:
                 found = self.fast([value] if isinstance(value, str) else value)
                 out = found if isinstance(value, list) else found[:1]
@@ -202,8 +207,10 @@ class PipelineResource(TransformersResource):
                 out = self.pipe(value, **params)
         ctx.check()
         self.bridge.count("pipeline_calls")
+        if hooks:
+            generated = streamer.tokens if streamer is not None else hooks["stopping_criteria"][0].tokens
+            self.bridge.generated(ctx, str(self.source.get("model") or self.resource_id), prompt_tokens, generated)
         if streamer is not None:
-            self.bridge.count("generated_tokens", streamer.tokens)
             return {"output": to_json(out), "text": streamer.text}
         return {"output": to_json(out)}
 

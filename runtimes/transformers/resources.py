@@ -75,7 +75,8 @@ class ModelResource(TransformersResource):
                               f"{str(self.config['trained_by'])[:64]!r} and lived only in its worker, which is gone; "
                               "train it again, with export: {name: ...} to keep it in the model store")
         check_keys(self.config, self.config_schema, "a model config")
-        loaded = load_model(self.bridge.models, self.config, preloaded=self.bridge.preloaded)
+        loaded = load_model(self.bridge.models, self.config, preloaded=self.bridge.preloaded,
+                            observe_seconds=self.bridge.model_load_seconds.observe)
         self.preloaded = loaded.preloaded
         self.model, self.grant, self.kind, self.device = loaded.model, loaded.grant, loaded.kind, loaded.device
         try:  # the files were verified by load_model a moment ago
@@ -127,13 +128,19 @@ class ModelResource(TransformersResource):
         with holding(serial(self.tokenizer), ctx):
             if self.kind == "causal-lm":
                 outs = [inference.generate(self.model, self.tokenizer, self.device, ctx, v, params) for v in values]
-                self.bridge.count("generated_tokens", sum(len(o["token_ids"]) for o in outs))
+                self.bridge.generated(ctx, self.model_name, sum(o.pop("prompt_tokens") for o in outs),
+                                      sum(len(o["token_ids"]) for o in outs))
             else:
                 outs = [inference.forward(self.model, self.tokenizer, self.kind, self.device, v, params)
                         for v in values]
         self.bridge.count("model_calls")
         return {"output": outs[0] if single else outs}
         yield  # a generator: ExecuteResourceStream streams generated text
+
+    @property
+    def model_name(self) -> str:
+        """The store model's name (the resource id for a model that is not the store's)."""
+        return self.grant.name if self.grant is not None else self.resource_id
 
     def delete(self, ctx: CallContext) -> None:
         on_gpu = self.device.startswith("cuda")
