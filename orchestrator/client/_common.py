@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry.trace import get_current_span as _current_span
 
 from orchestrator.errors import from_grpc_error
 from orchestrator.proto import mlbridge_pb2 as pb
 from runtimes.wire.caps import DEFAULT_MAX_MESSAGE_BYTES
 from runtimes.wire.errors import InvalidArgument, MLBridgeError
-from runtimes.wire.metadata import AUTHORIZATION
+from runtimes.wire.metadata import AUTHORIZATION, TRACEPARENT
 from runtimes.wire.metadata import DEPRECATED as DEPRECATED_KEY
 from runtimes.wire.payload import dumps as _dumps
 
@@ -88,6 +90,16 @@ def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
 
 def metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return ((AUTHORIZATION, f"Bearer {token}"),) if token else None
+
+
+def call_metadata(fixed: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...] | None:
+    """``fixed`` (the token), plus the W3C ``traceparent`` of the caller's current OpenTelemetry span, if
+    any: the call's trace in the orchestrator then joins the caller's."""
+    span = _current_span().get_span_context()
+    if not span.is_valid:
+        return fixed
+    parent = (TRACEPARENT, f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags) & 0xFF:02x}")
+    return (*(fixed or ()), parent)
 
 
 def dumps(value: Any, what: str) -> str:
@@ -192,6 +204,24 @@ def bridge_dicts(reply: pb.ListBridgesReply) -> list[dict[str, Any]]:
     return [{"name": b.name, "framework": b.framework, "image": b.image, "pool_size": b.pool_size,
              "workers_ready": b.workers_ready, "is_default": b.is_default, "backend": b.backend}
             for b in reply.bridges]
+
+
+def stats_request(usage_tenant: str = "", usage_since: float | None = None) -> pb.GetStatsRequest:
+    """A GetStats request asking for ``usage_tenant``'s usage ("" for every tenant the caller may see)
+    since Unix time ``usage_since`` (None: since records began).
+
+    Raises:
+        InvalidArgument: ``usage_since`` is not a finite number >= 0, or ``usage_tenant`` is not a string.
+    """
+    if not isinstance(usage_tenant, str):
+        raise InvalidArgument(f"usage_tenant must be a string, got {type(usage_tenant).__name__}")
+    since_ms = 0
+    if usage_since is not None:
+        if (isinstance(usage_since, bool) or not isinstance(usage_since, int | float)
+                or not math.isfinite(usage_since) or usage_since < 0):
+            raise InvalidArgument(f"usage_since must be Unix seconds (a finite number >= 0), got {usage_since!r}")
+        since_ms = math.floor(usage_since * 1000)
+    return pb.GetStatsRequest(usage_tenant=usage_tenant, usage_since_unix_ms=since_ms)
 
 
 def stats_dict(reply: pb.GetStatsReply) -> dict[str, Any]:

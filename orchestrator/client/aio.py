@@ -40,14 +40,14 @@ class AsyncMLBridge:
 
     async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await method(request, metadata=self._md,
+            return await method(request, metadata=c.call_metadata(self._md),
                               timeout=c.transport_deadline(request, timeout or self.timeout))
         except grpc.RpcError as exc:
             raise c.translate(exc) from None
 
     async def _stream(self, method: Any, request: Any, timeout: float | None) -> AsyncIterator[c.Event]:
         try:
-            async for ev in method(request, metadata=self._md,
+            async for ev in method(request, metadata=c.call_metadata(self._md),
                                   timeout=c.transport_deadline(request, timeout or self.timeout)):
                 yield c.event(ev)
         except grpc.RpcError as exc:
@@ -112,5 +112,7 @@ class AsyncMLBridge:
         req = c.answer_request(call_id, request_id, result, error)
         return bool((await self._unary(self._stub.Answer, req)).found)
 
-    async def stats(self) -> dict[str, Any]:
-        return c.stats_dict(await self._unary(self._stub.GetStats, pb.GetStatsRequest()))
+    async def stats(self, usage_tenant: str = "", usage_since: float | None = None) -> dict[str, Any]:
+        """Orchestrator stats; ``stats["usage"]`` holds ``usage_tenant``'s usage ("": every tenant you may
+        see) since Unix time ``usage_since`` (None: since records began), from servers that keep it."""
+        return c.stats_dict(await self._unary(self._stub.GetStats, c.stats_request(usage_tenant, usage_since)))

@@ -62,14 +62,14 @@ class MLBridge:
 
     def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return method(request, metadata=self._md,
+            return method(request, metadata=c.call_metadata(self._md),
                               timeout=c.transport_deadline(request, timeout or self.timeout))
         except grpc.RpcError as exc:
             raise c.translate(exc) from None
 
     def _stream(self, method: Any, request: Any, timeout: float | None) -> Iterator[c.Event]:
         try:
-            for ev in method(request, metadata=self._md,
+            for ev in method(request, metadata=c.call_metadata(self._md),
                                   timeout=c.transport_deadline(request, timeout or self.timeout)):
                 yield c.event(ev)
         except grpc.RpcError as exc:
@@ -157,5 +157,7 @@ class MLBridge:
         req = c.answer_request(call_id, request_id, result, error)
         return bool(self._unary(self._stub.Answer, req).found)
 
-    def stats(self) -> dict[str, Any]:
-        return c.stats_dict(self._unary(self._stub.GetStats, pb.GetStatsRequest()))
+    def stats(self, usage_tenant: str = "", usage_since: float | None = None) -> dict[str, Any]:
+        """Orchestrator stats; ``stats["usage"]`` holds ``usage_tenant``'s usage ("": every tenant you may
+        see) since Unix time ``usage_since`` (None: since records began), from servers that keep it."""
+        return c.stats_dict(self._unary(self._stub.GetStats, c.stats_request(usage_tenant, usage_since)))
