@@ -9,6 +9,8 @@ Built from a :class:`~orchestrator.config.Config`, in dependency order:
 - the claim pipeline (tenant limits, secrets, egress, models, Configure, replay, naming);
 - the domain service with its pools, whose worker events the audit log and
   egress control hear;
+- observability (usage accounting; metrics and traces when configured),
+  which the service reports to and the edge's first and last steps are;
 - the edge and the gateway in front of the service, the authenticator in
   front of the edge, and the DSPex facade over the gateway.
 
@@ -31,6 +33,7 @@ from .config import Config
 from .edge import Authenticator, Gateway, build_gateway
 from .egressctl import EgressControl
 from .models import ModelCatalog, ModelStore
+from .observe import Observability, Tracing
 from .policy import Policy, load_policy
 from .registry import Registry
 from .service import Orchestrator
@@ -49,10 +52,11 @@ class App:
         backend: a backend to use instead of the one ``config.backend`` names.
         policy: a policy instead of ``config.policy``'s file.
         audit: an audit log instead of ``config.audit_log``'s.
+        tracing: a tracer instead of the one ``config.tracing`` describes.
     """
 
     def __init__(self, config: Config, *, backend: Backend | None = None, policy: Policy | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, tracing: Tracing | None = None) -> None:
         self.config = config
         self.backend = backend or make_backend(config)
         self.policy = policy or (load_policy(config.policy) if config.policy else None)
@@ -64,15 +68,22 @@ class App:
                        if any(b.models for b in config.bridges.values()) else None)
         claims = ClaimPipeline(self.backend, registry, tenants, egress=self.egress, models=self.models,
                                on_secrets=self.audit.redact_values if self.audit else None)
-        listeners: list[Any] = []
+        self.observability = Observability(config, self.backend, tracing=tracing)
+        observer = self.observability.observer
+        if self.egress is not None and self.observability.metrics is not None:
+            self.egress.on_count = self.observability.metrics.egress_decision
+        listeners: list[Any] = [observer.on_worker_event]
         if self.audit is not None:
             listeners.append(self._audit_worker_event)
         if self.egress is not None:
             listeners.append(self.egress.on_worker_event)
-        self.service = Orchestrator(config, self.backend, registry, claims, listeners=listeners, exports=self.models)
+        self.service = Orchestrator(config, self.backend, registry, claims, listeners=listeners, exports=self.models,
+                                    probe=observer)
         self.gateway: Gateway
         self.authenticate: Authenticator
-        self.gateway, self.authenticate = build_gateway(self.service, self.policy, self.audit)
+        self.gateway, self.authenticate = build_gateway(self.service, self.policy, self.audit,
+                                                        observe=observer.edge_steps(), usage=self.observability.usage)
+        self.authenticate.on_failure = observer.auth_failed
         self.dspex = DSPexFacade(self.gateway)
 
     async def start(self) -> None:
@@ -94,6 +105,12 @@ class App:
         except BaseException:
             await self._close_edges()
             raise
+        try:
+            await self.observability.start(self.service)
+        except BaseException:
+            await self.service.stop()
+            await self._close_edges()
+            raise
 
     async def stop(self) -> None:
         """Drain and stop the workers, then the proxy and the audit log."""
@@ -101,6 +118,7 @@ class App:
         await self._close_edges()
 
     async def _close_edges(self) -> None:
+        await self.observability.stop(self.service)
         if self.egress is not None:
             await self.egress.close()
         if self.audit is not None:

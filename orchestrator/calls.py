@@ -29,12 +29,13 @@ from runtimes.wire.errors import (
     WorkerDied,
     error_from_wire,
 )
-from runtimes.wire.metadata import CREATED_RESOURCES
+from runtimes.wire.metadata import CREATED_RESOURCES, FOR_ORCHESTRATOR
 from runtimes.wire.payload import loads_lenient
 from runtimes.wire.proto import common_pb2 as common
 from runtimes.wire.proto import runtime_pb2 as rpb
 
 from .pool import Pool
+from .probe import NullProbe, Probe
 from .session import SessionBroken
 from .worker import Worker
 
@@ -63,9 +64,10 @@ class InFlight:
 
 
 class CallRunner:
-    """Tracks in-flight calls and runs them on workers."""
+    """Tracks in-flight calls and runs them on workers; each runtime round trip is reported to ``probe``."""
 
-    def __init__(self) -> None:
+    def __init__(self, probe: Probe | None = None) -> None:
+        self.probe: Probe = probe or NullProbe()
         self.inflight: dict[str, InFlight] = {}
         self._watchdogs: set[asyncio.Task[None]] = set()
 
@@ -88,32 +90,52 @@ class CallRunner:
         fl.worker.last_used = time.monotonic()
 
     async def unary(self, tenant: str, pool: Pool, worker: Worker, req: rpb.CallRequest, timeout: float) -> Reply:
-        fl = self._begin(req, tenant, pool, worker, timeout)
+        token = self.probe.runtime_begin(pool.name, req)
+        metadata: dict[str, str] | None = None
+        error: MLBridgeError | None = None
         try:
-            if worker.session is None:
-                raise SessionBroken(grpc.StatusCode.UNAVAILABLE, f"worker {worker.id} is {worker.state}")
-            async with asyncio.timeout(timeout + pool.cfg.cancel_grace_s):
-                reply = await worker.session.request(req)
-        except TimeoutError:
-            raise await self._rpc_failure(fl, grpc.StatusCode.DEADLINE_EXCEEDED, "no reply", timeout) from None
-        except SessionBroken as exc:
-            raise await self._rpc_failure(fl, exc.code, exc.details, timeout) from None
-        except asyncio.CancelledError:
-            self._abandon(fl)  # the client went away: stop the handler too
+            fl = self._begin(req, tenant, pool, worker, timeout)
+            try:
+                if worker.session is None:
+                    raise SessionBroken(grpc.StatusCode.UNAVAILABLE, f"worker {worker.id} is {worker.state}")
+                async with asyncio.timeout(timeout + pool.cfg.cancel_grace_s):
+                    reply = await worker.session.request(req)
+            except TimeoutError:
+                raise await self._rpc_failure(fl, grpc.StatusCode.DEADLINE_EXCEEDED, "no reply", timeout) from None
+            except SessionBroken as exc:
+                raise await self._rpc_failure(fl, exc.code, exc.details, timeout) from None
+            except asyncio.CancelledError:
+                self._abandon(fl)  # the client went away: stop the handler too
+                raise
+            finally:
+                self._end(fl)
+            metadata = dict(reply.metadata)
+            if not reply.ok:
+                raise await self._runtime_error(fl, reply.error)
+            return Reply(req.call_id, reply.result_json, dict(reply.attachments), metadata, worker.id)
+        except MLBridgeError as exc:
+            error = exc
             raise
         finally:
-            self._end(fl)
-        if not reply.ok:
-            raise await self._runtime_error(fl, reply.error)
-        return Reply(req.call_id, reply.result_json, dict(reply.attachments), dict(reply.metadata), worker.id)
+            self.probe.runtime_end(token, pool.name, tenant, req.command, metadata, error)
+            if metadata:
+                _strip(metadata)
 
     async def stream(self, tenant: str, pool: Pool, worker: Worker, req: rpb.CallRequest,
                      timeout: float) -> AsyncIterator[tuple[str, Any]]:
         """Yield ("chunk", text), ("progress", (step, total, msg)), ("request", (id, kind, data)), then ("final", Reply)."""
-        fl = self._begin(req, tenant, pool, worker, timeout)
+        token = self.probe.runtime_begin(pool.name, req)
+        metadata: dict[str, str] | None = None
+        error: MLBridgeError | None = None
+        try:
+            fl = self._begin(req, tenant, pool, worker, timeout)
+        except MLBridgeError as exc:
+            self.probe.runtime_end(token, pool.name, tenant, req.command, None, exc)
+            raise
         assert worker.stub is not None
         call = worker.stub.CallStream(req, timeout=timeout + pool.cfg.cancel_grace_s)
         finished = False
+        open_: InFlight | None = fl  # until ended and reported
         try:
             async for ev in call:
                 kind = ev.WhichOneof("event")
@@ -125,20 +147,32 @@ class CallRunner:
                     yield "request", (ev.request.request_id, ev.request.kind, ev.request.data_json)
                 elif kind == "final":
                     finished = True
-                    if not ev.final.ok:
-                        raise await self._runtime_error(fl, ev.final.error)
                     f = ev.final
-                    yield "final", Reply(req.call_id, f.result_json, dict(f.attachments), dict(f.metadata), worker.id)
+                    metadata = dict(f.metadata)
+                    if not f.ok:
+                        raise await self._runtime_error(fl, f.error)
+                    reply = Reply(req.call_id, f.result_json, dict(f.attachments), metadata, worker.id)
+                    self._end(fl)
+                    self.probe.runtime_end(token, pool.name, tenant, req.command, metadata, None)
+                    _strip(metadata)
+                    open_ = None  # ended and reported before the final event goes on
+                    yield "final", reply
                     return
             finished = True
             raise await self._dead_or_unavailable(fl, "the runtime ended the stream without a result")
         except grpc.aio.AioRpcError as exc:
             finished = True
-            raise await self._rpc_failure(fl, exc.code(), exc.details() or "", timeout) from None
+            error = await self._rpc_failure(fl, exc.code(), exc.details() or "", timeout)
+            raise error from None
+        except MLBridgeError as exc:
+            error = exc
+            raise
         finally:
             if not finished:  # the client went away mid-stream
                 call.cancel()
-            self._end(fl)
+            if open_ is not None:
+                self._end(open_)
+                self.probe.runtime_end(token, pool.name, tenant, req.command, metadata, error)
 
     # -- answers -----------------------------------------------------------------
     def call_of(self, tenant: str, call_id: str) -> InFlight | None:
@@ -191,7 +225,8 @@ class CallRunner:
                 # The runtime gives a cancelled handler STOP_GRACE_S (1 s) before it gives up on it.
                 await asyncio.sleep(max(fl.pool.cfg.cancel_grace_s, 1.5))
                 if (await stub.Cancel(request, timeout=2)).found and fl.worker.state == "ready":
-                    await fl.pool.retire(fl.worker, f"call {fl.call_id} kept running after its client went away")
+                    await fl.pool.retire(fl.worker, f"call {fl.call_id} kept running after its client went away",
+                                         cause="stuck")
 
         task = asyncio.get_running_loop().create_task(stop())
         self._watchdogs.add(task)
@@ -202,7 +237,7 @@ class CallRunner:
             await asyncio.sleep(after)
             if self.inflight.get(fl.call_id) is fl:
                 fl.killed_for = why
-                await fl.pool.retire(fl.worker, f"call {fl.call_id} did not stop after {why}")
+                await fl.pool.retire(fl.worker, f"call {fl.call_id} did not stop after {why}", cause="stuck")
 
         task = asyncio.get_running_loop().create_task(watchdog())
         self._watchdogs.add(task)
@@ -218,7 +253,7 @@ class CallRunner:
         fl.worker.errors += 1
         if exc.details.pop("handler_stopped", True) is False:
             # The handler ignored cancellation or its deadline: never trust this worker again.
-            await fl.pool.retire(fl.worker, f"handler of call {fl.call_id} did not stop")
+            await fl.pool.retire(fl.worker, f"handler of call {fl.call_id} did not stop", cause="stuck")
             exc.details["worker_replaced"] = True
         return exc
 
@@ -228,13 +263,15 @@ class CallRunner:
             return Cancelled(f"call {fl.call_id} was cancelled; its worker did not stop and was replaced",
                              details={"worker_replaced": True})
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            await fl.pool.retire(fl.worker, f"call {fl.call_id} ran past its deadline and did not stop")
+            await fl.pool.retire(fl.worker, f"call {fl.call_id} ran past its deadline and did not stop",
+                                  cause="stuck")
             return DeadlineExceeded(
                 f"call {fl.call_id} exceeded its deadline of {timeout:.3g}s; worker {fl.worker.id} "
                 f"did not stop and was killed and replaced", details={"worker_replaced": True})
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             # Only a misbehaving runtime sends a reply over the cap (it caps its own replies).
-            await fl.pool.retire(fl.worker, f"sent a message over the size cap: {details}")
+            await fl.pool.retire(fl.worker, f"sent a message over the size cap: {details}",
+                                  cause="misbehaved")
             return PayloadTooLarge(f"the reply of call {fl.call_id} is over the message size cap: {details}")
         return await self._dead_or_unavailable(fl, f"{code.name}: {details}")
 
@@ -247,17 +284,23 @@ class CallRunner:
                 break
             await asyncio.sleep(0.05)
         if info is None:
-            await fl.pool.retire(fl.worker, f"stopped answering: {what}")
+            await fl.pool.retire(fl.worker, f"stopped answering: {what}", cause="unhealthy")
             return WorkerDied(f"worker {fl.worker.id} stopped answering during call {fl.call_id} "
                               f"({what}); it was killed and is being replaced")
         if info.memory_limit is None:
             info.memory_limit = fl.pool.cfg.limits.memory_bytes if fl.pool.backend.enforces_limits else None
-        await fl.pool.retire(fl.worker, info.describe())
+        await fl.pool.retire(fl.worker, info.describe(), cause=info.cause)
         cls = OutOfMemory if info.oom_killed else WorkerDied
         return cls(f"worker {fl.worker.id} of bridge {fl.pool.name!r} {info.describe()} during call "
                    f"{fl.call_id}; it is being replaced",
                    details={"exit_code": info.exit_code, "oom_killed": info.oom_killed,
                             "memory_limit": info.memory_limit})
+
+
+def _strip(metadata: dict[str, str]) -> None:
+    """Take out what the runtime told the orchestrator alone (its metrics, spans, tokens): reported, not passed on."""
+    for key in FOR_ORCHESTRATOR.intersection(metadata):
+        del metadata[key]
 
 
 def created_resources(reply: Reply) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from .client import MLBridge
 
 # Subcommand groups living in their own modules; each exposes register(subparsers).
 _EXTENSIONS = ("orchestrator.images.cli", "orchestrator.policy.cli", "orchestrator.audit_cli", "orchestrator.port",
-               "orchestrator.models.cli")
+               "orchestrator.models.cli", "orchestrator.usage_cli")
 
 
 def _client(args: argparse.Namespace) -> MLBridge:
@@ -37,11 +37,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.serve_tls_cert or args.serve_tls_key:
         tls = {"cert": args.serve_tls_cert, "key": args.serve_tls_key, "client_ca": args.serve_tls_client_ca}
     cfg = load_config(args.config, listen=args.listen, backend=args.backend, policy=args.policy,
-                      audit_log=args.audit_log, state_dir=args.state_dir, tls=tls)
+                      audit_log=args.audit_log, state_dir=args.state_dir, tls=tls,
+                      metrics_listen=args.metrics_listen)
 
     def ready(server: Any) -> None:
+        metrics = server.app.observability.metrics_port
         print(f"mlbridge: serving {', '.join(sorted(cfg.bridges))} on {server.target} "
-              f"(backend {cfg.backend}); Ctrl-C stops", flush=True)
+              f"(backend {cfg.backend}){f'; metrics on port {metrics}' if metrics else ''}; Ctrl-C stops",
+              flush=True)
 
     run_loop(run(cfg, on_ready=ready))
     return 0
@@ -174,6 +177,12 @@ def cmd_resources(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(bridge: dict[str, Any]) -> str:
+    """SERVING or NOT_SERVING, as the health service says (older servers: whether any worker is ready)."""
+    serving = bridge["serving"] if "serving" in bridge else bool(bridge["ready"])
+    return "SERVING" if serving else "NOT_SERVING"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as mb:
         s = mb.stats()
@@ -182,9 +191,9 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"resources {s['resources']}")
     print()
     print(_table([[n, b["ready"], f"{b['spares']}/{b['spare_target']}", f"{b['pool_size']}-{b['max_spares']}",
-                   b["held"], b["claims_per_min"], "ok" if b["ready"] else "DOWN", b["last_error"][:50]]
+                   b["held"], b["claims_per_min"], _health(b), (b.get("health") or b["last_error"])[:60]]
                   for n, b in sorted(s["bridges"].items())],
-                 ["BRIDGE", "READY", "SPARES/TARGET", "MIN-MAX", "HELD", "CLAIMS/MIN", "HEALTH", "LAST ERROR"]))
+                 ["BRIDGE", "READY", "SPARES/TARGET", "MIN-MAX", "HELD", "CLAIMS/MIN", "HEALTH", "WHY / LAST ERROR"]))
     print()
     print(_table([[w["worker_id"], w["bridge"], w["state"], w["tenant"] or "(spare)", w["calls"], w["errors"],
                    w["in_flight"]] for w in s["workers"]],
@@ -214,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", dest="serve_tls_cert", help="server certificate (PEM): serve over TLS")
     s.add_argument("--tls-key", dest="serve_tls_key", help="server key (PEM)")
     s.add_argument("--tls-client-ca", dest="serve_tls_client_ca", help="require client certificates from this CA (mTLS)")
+    s.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on HOST:PORT at /metrics (off by default)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("call", help="call a namespaced command and print its JSON result")

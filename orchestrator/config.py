@@ -108,6 +108,17 @@ class TLSConfig(BaseModel):
     client_ca: Path | None = Field(None, description="CA bundle for client certificates; set it to require mTLS")
 
 
+class TracingConfig(BaseModel):
+    """OpenTelemetry traces of public calls, exported over OTLP/gRPC (off unless configured)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    otlp_endpoint: str = Field(description="the collector's OTLP/gRPC address, host:port")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description=(
+        "share of calls traced when the client sent no sampling decision (a client's traceparent wins)"))
+    insecure: bool = Field(True, description="plain gRPC to the collector (false: TLS)")
+
+
 class BridgeConfig(BaseModel):
     """One bridge: where its runtime comes from and how its workers run."""
 
@@ -183,6 +194,9 @@ class Config(BaseModel):
     audit_log: Path | None = Field(None, description="append-only audit log (JSON lines)")
     tls: TLSConfig | None = Field(None, description="serve the public API over TLS (and mTLS with client_ca)")
     model_store: Path | None = Field(None, description="the model store's directory; default <state_dir>/models")
+    metrics_listen: str | None = Field(None, description=(
+        "serve Prometheus metrics on host:port (path /metrics); off when unset"))
+    tracing: TracingConfig | None = Field(None, description="OpenTelemetry traces over OTLP; off when unset")
     bridges: dict[str, BridgeConfig] = Field(default_factory=dict)
 
     def bridge(self, name: str) -> BridgeConfig:

@@ -341,6 +341,7 @@ class EgressProxy:
             acts on it; awaited when it returns an awaitable. When it raises
             on an allowed request, the request is refused (503): nothing leaves
             unaudited.
+        on_count: called with (allowed, tenant, bridge) for every decision, uncapped (metrics).
         max_header_bytes: cap on a request head (431 beyond).
         header_timeout_s: time a client has to send its request head (408 after).
         connect_timeout_s: time to resolve and connect to the target (504 after).
@@ -353,13 +354,14 @@ class EgressProxy:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, on_decision: DecisionHook | None = None,
-                 max_header_bytes: int = 16 << 10, header_timeout_s: float = 10.0,
+                 on_count: Callable[[bool, str, str], None] | None = None, max_header_bytes: int = 16 << 10, header_timeout_s: float = 10.0,
                  connect_timeout_s: float = 10.0, idle_timeout_s: float = 300.0,
                  max_tunnels_per_source: int = 64, max_connections: int = 1024,
                  audit_per_minute: int = 120) -> None:
         self.host = host
         self.port = port
         self.on_decision = on_decision
+        self.on_count = on_count
         self.max_header_bytes = max_header_bytes
         self.header_timeout_s = header_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -585,6 +587,8 @@ class EgressProxy:
     async def _decide(self, ip: str, grant: _Grant | None, allowed: bool, target: str, reason: str,
                       method: str) -> None:
         self.counts["allowed" if allowed else "denied"] += 1
+        if self.on_count is not None:  # every decision, before the audit's rate cap (metrics)
+            self.on_count(allowed, grant.tenant if grant else "", grant.bridge if grant else "")
         log.info("egress %s %s -> %s (%s)", "allow" if allowed else "deny", ip, target or "?", reason)
         if self.on_decision is None:
             return

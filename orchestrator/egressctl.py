@@ -18,6 +18,7 @@ loudly once, and its workers reach whatever the host reaches.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from runtimes.wire.errors import ConfigError
@@ -56,6 +57,8 @@ class EgressControl:
         self.proxy: EgressProxy | None = None
         self.addresses: dict[str, str] = {}  # worker id -> its address on the egress network
         self._warned = False
+        #: Told (allowed, tenant, bridge) of every proxy decision (metrics); set before :meth:`start`.
+        self.on_count: Callable[[bool, str, str], None] | None = None
 
     def bridges(self) -> dict[str, list[str]]:
         """Configured bridges for which some tenant has an allowlist -> those tenants."""
@@ -91,7 +94,7 @@ class EgressControl:
                               f"{', '.join(bad)} set(s) another network in the configuration")
         try:
             gateway = await backend.open_egress()
-            self.proxy = EgressProxy(gateway, 0, on_decision=self._decision)
+            self.proxy = EgressProxy(gateway, 0, on_decision=self._decision, on_count=self.on_count)
             port = await self.proxy.start()
             await backend.guard_egress(port)
         except BaseException:

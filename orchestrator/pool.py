@@ -31,14 +31,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from runtimes.wire.errors import MLBridgeError, QuotaExceeded, Unavailable
+from runtimes.wire.errors import MLBridgeError, QuotaExceeded, Unavailable, UnknownCommand
 
 from .backends.base import Backend, SupportsHold, WorkerHandle, WorkerSpec
 from .claims import ClaimPipeline
 from .config import BridgeConfig, WorkerLimits
+from .probe import NullProbe, Probe
 from .spares import SpareDemand, memory_cap
 from .worker import Worker
 
@@ -54,6 +55,8 @@ MAX_PARALLEL_STARTS = 4
 REFILL_DELAY_S = 0.1
 #: A spare above the target waits this long (ready and unclaimed) before it is retired.
 SURPLUS_IDLE_S = 30.0
+#: How often the bridge's own health hook (``common:health``) is asked, on a tenant-neutral spare.
+HEALTH_EVERY_S = 10.0
 
 Listener = Callable[[str, Worker, dict[str, Any]], Awaitable[None] | None]
 
@@ -69,11 +72,12 @@ class Pool:
         max_message_bytes: the message cap of the control channel.
         claims: hands a spare to a tenant.
         listeners: told of every worker event.
+        probe: told of claims and of the orchestrator's own calls' reply metadata.
     """
 
     def __init__(self, name: str, cfg: BridgeConfig, backend: Backend, *, orchestrator_id: str,
                  max_message_bytes: int, claims: ClaimPipeline,
-                 listeners: Sequence[Listener] = ()) -> None:
+                 listeners: Sequence[Listener] = (), probe: Probe | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.backend = backend
@@ -81,6 +85,7 @@ class Pool:
         self.max_message_bytes = max_message_bytes
         self.claims = claims
         self.listeners = tuple(listeners)
+        self.probe: Probe = probe or NullProbe()
         self.workers: dict[str, Worker] = {}
         self._spares: deque[Worker] = deque()  # oldest first
         self._spare_since: dict[str, float] = {}
@@ -94,6 +99,11 @@ class Pool:
         self.demand = SpareDemand(cfg.pool_size, cfg.max_spares, cfg.spare_window_s)
         self.cold_starts = 0
         self.held_starts = 0
+        self.start_failures = 0
+        self._replacements = 0  # retired workers whose replacement has not started yet
+        #: The bridge's health: "" while serving, else why not (:meth:`health`).
+        self._hook_problem = ""
+        self._start_failed = False
         self.closed = False
         self.last_error: str = ""
         self._monitor: asyncio.Task[None] | None = None
@@ -101,7 +111,7 @@ class Pool:
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         """Start ``pool_size`` spares concurrently and wait until they are ready."""
-        results = await asyncio.gather(*(self._start_spare() for _ in range(self.cfg.pool_size)),
+        results = await asyncio.gather(*(self._start_spare("initial") for _ in range(self.cfg.pool_size)),
                                        return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors and len(errors) == len(results):
@@ -118,8 +128,12 @@ class Pool:
         judged by their calls' deadlines instead.
         """
         misses: dict[str, int] = {}
+        next_hook = 0.0
         while not self.closed:
             await asyncio.sleep(MONITOR_INTERVAL_S)
+            if time.monotonic() >= next_hook:
+                next_hook = time.monotonic() + HEALTH_EVERY_S
+                await self._ask_health_hook()
             await self._check_held()
             await self._retire_surplus()
             self._refill()
@@ -127,20 +141,21 @@ class Pool:
                 try:
                     info = await self.backend.exit_info(worker.handle)
                     if info is not None:
-                        await self.retire(worker, f"died while idle: {info.describe()}")
+                        await self.retire(worker, f"died while idle: {info.describe()}", cause=info.cause)
                         continue
                     if worker.in_flight:
                         misses.pop(worker.id, None)
                         continue
                     if worker.tenant and time.monotonic() - worker.last_used > self.cfg.release_idle_s:
                         # Released: a claimed worker is never reused for anyone, so it is destroyed.
-                        await self._destroy(worker, f"released after {self.cfg.release_idle_s:g}s idle", kill=False)
+                        await self._destroy(worker, f"released after {self.cfg.release_idle_s:g}s idle", kill=False,
+                                            cause="idle")
                         continue
                     if await worker.healthy(PROBE_TIMEOUT_S):
                         misses.pop(worker.id, None)
                     elif (n := misses.get(worker.id, 0) + 1) >= 2:
                         misses.pop(worker.id, None)
-                        await self.retire(worker, "stopped answering health probes")
+                        await self.retire(worker, "stopped answering health probes", cause="unhealthy")
                     else:
                         misses[worker.id] = n
                 except Exception as exc:  # noqa: BLE001 - the watch must go on
@@ -166,7 +181,7 @@ class Pool:
         deadline = time.monotonic() + drain_s
         while any(w.in_flight for w in self.workers.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        await asyncio.gather(*(self._destroy(w, "orchestrator stopping", kill=False) for w in list(self.workers.values())),
+        await asyncio.gather(*(self._destroy(w, "orchestrator stopping", kill=False, cause="shutdown") for w in list(self.workers.values())),
                              return_exceptions=True)
 
     def _spec(self, *, hold: bool = False) -> WorkerSpec:
@@ -178,7 +193,7 @@ class Pool:
         return QuotaExceeded(f"bridge {self.name!r} already runs its maximum of {self.cfg.max_workers} workers",
                              details={"quota": "max_workers", "limit": self.cfg.max_workers})
 
-    async def _start_worker(self) -> Worker:
+    async def _start_worker(self, reason: str) -> Worker:
         if len(self.workers) + self._starting >= self.cfg.max_workers:
             raise self._at_capacity()
         self._starting += 1
@@ -198,16 +213,20 @@ class Pool:
                 self.cold_starts += 1
         except MLBridgeError as exc:
             self.last_error = str(exc)
+            self.start_failures += 1
+            self._start_failed = True
             raise
         finally:
             self._starting -= 1
             self._refill_held()
-        await self._emit("worker_start", worker, {"ready_ms": round(worker.ready_after_s * 1000, 1)})
+        self._start_failed = False
+        await self._emit("worker_start", worker, {"ready_ms": round(worker.ready_after_s * 1000, 1),
+                                                  "reason": reason, "origin": worker.origin})
         return worker
 
     async def _launch(self, handle: WorkerHandle) -> Worker:
         """Wait until a started (or just released) worker is ready, then give it its bridge's CPU limit."""
-        worker = Worker(handle, self.max_message_bytes)
+        worker = Worker(handle, self.max_message_bytes, on_metadata=self._housekeeping_metadata)
         self.workers[handle.worker_id] = worker
         try:
             await worker.wait_ready(self.backend, self.cfg.start_timeout_s)
@@ -218,7 +237,7 @@ class Pool:
                 await self.backend.apply_limits(handle, WorkerLimits(cpus=self.cfg.limits.cpus))
                 handle.boosted = False
         except BaseException:
-            await self._destroy(worker, "failed to become ready", kill=True)
+            await self._destroy(worker, "failed to become ready", kill=True, cause="start_failed")
             raise
         return worker
 
@@ -274,8 +293,8 @@ class Pool:
         """Ready spares the pool aims for now (see :mod:`orchestrator.spares`)."""
         return self.demand.target(memory_cap(self.cfg.limits.memory_bytes, len(self._spares)))
 
-    async def _start_spare(self) -> None:
-        self._deliver(await self._start_worker())
+    async def _start_spare(self, reason: str) -> None:
+        self._deliver(await self._start_worker(reason))
 
     def _deliver(self, worker: Worker) -> None:
         """A worker just became ready: to the longest-waiting claim, else to the spares."""
@@ -324,8 +343,12 @@ class Pool:
             self._fail_waiters(self._at_capacity(), waiting - self._spare_starts)
 
     async def _refill_one(self) -> None:
+        reason = "refill"
+        if self._replacements > 0:
+            self._replacements -= 1
+            reason = "replace"
         try:
-            await self._start_spare()
+            await self._start_spare(reason)
         except QuotaExceeded as exc:  # claims took the room meanwhile
             log.debug("bridge %s: no room for a worker: %s", self.name, exc)
             if self._waiters:
@@ -349,7 +372,7 @@ class Pool:
         if time.monotonic() - self._spare_since.get(oldest.id, 0.0) >= SURPLUS_IDLE_S:
             self._spares.popleft()
             self._spare_since.pop(oldest.id, None)
-            await self._destroy(oldest, "surplus spare (demand fell)", kill=False)
+            await self._destroy(oldest, "surplus spare (demand fell)", kill=False, cause="surplus")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         """Run ``coro`` in the background; failures are logged, never raised."""
@@ -401,6 +424,7 @@ class Pool:
                 self._tenant_locks[tenant] = (lock, users - 1)
 
     async def _claim(self, tenant: str) -> Worker:
+        began = time.time_ns()
         self.demand.record_claim()
         worker: Worker | None = None
         while self._spares:
@@ -416,8 +440,9 @@ class Pool:
         try:
             await self.claims.claim(worker, tenant, self.cfg, self._background)
         except Exception as exc:
-            await self.retire(worker, f"claim failed: {exc}")
+            await self.retire(worker, f"claim failed: {exc}", cause="claim_failed")
             raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
+        self.probe.claimed(self.name, tenant, worker.origin, began, time.time_ns())
         await self._emit("worker_claim", worker, {"tenant": tenant})
         # A moment after the claim: a start competes for the CPU with the tenant's first call,
         # which the caller sends as soon as this returns.
@@ -430,21 +455,30 @@ class Pool:
         self._spawn(coro, what)
 
     # -- retiring --------------------------------------------------------------
-    async def retire(self, worker: Worker, reason: str, *, kill: bool = True) -> None:
-        """Take a worker out for good (dead, stuck, or misbehaving) and refill."""
+    async def retire(self, worker: Worker, reason: str, *, kill: bool = True, cause: str = "unhealthy") -> None:
+        """Take a worker out for good (dead, stuck, or misbehaving) and refill.
+
+        ``cause`` classifies it for metrics: oom, killed, exited, unhealthy, stuck,
+        misbehaved, start_failed, claim_failed.
+        """
         if worker.state == "dead" and worker.id not in self.workers:
             return
-        await self._destroy(worker, reason, kill=kill)
+        was_spare = worker.id in self._spare_since
+        await self._destroy(worker, reason, kill=kill, cause=cause)
+        if was_spare:
+            self._replacements += 1  # the start that refills the spare count replaces it
         self._refill()
 
     async def release_tenant(self, tenant: str) -> int:
         """Destroy every worker claimed by ``tenant``; return how many."""
         mine = [w for w in self.workers.values() if w.tenant == tenant]
-        await asyncio.gather(*(self._destroy(w, "released by tenant", kill=False) for w in mine))
+        await asyncio.gather(*(self._destroy(w, "released by tenant", kill=False, cause="tenant_release") for w in mine))
         self._refill()
         return len(mine)
 
-    async def _destroy(self, worker: Worker, reason: str, *, kill: bool) -> None:
+    async def _destroy(self, worker: Worker, reason: str, *, kill: bool, cause: str) -> None:
+        """Stop a worker and tell the listeners: ``worker_kill`` (a death: ``cause`` says why) or
+        ``worker_stop`` (orderly: idle, tenant_release, surplus, shutdown)."""
         usage = self.backend.usage(worker.handle)  # while it still runs: totals for the audit log
         self.workers.pop(worker.id, None)
         if self._spare_since.pop(worker.id, None) is not None:
@@ -455,7 +489,8 @@ class Pool:
         await worker.close()
         with contextlib.suppress(Exception):
             await self.backend.stop(worker.handle, kill=kill, timeout=5.0)
-        await self._emit("worker_kill" if kill else "worker_stop", worker, {"reason": reason, "usage": usage})
+        await self._emit("worker_kill" if kill else "worker_stop", worker,
+                         {"reason": reason, "usage": usage, "cause": cause})
 
     async def _emit(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
         for listener in self.listeners:
@@ -463,9 +498,50 @@ class Pool:
             if res is not None:
                 await res
 
+    # -- health ----------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """Whether the bridge serves new tenants, and why not.
+
+        Not serving while stopping, while its workers cannot start and no
+        ready spare is left, or while its health hook fails on a tenant-neutral spare.
+        """
+        if self.closed:
+            return False, "shutting down"
+        if self._start_failed and not self._spares:
+            return False, f"workers cannot start: {self.last_error}"
+        if self._hook_problem:
+            return False, self._hook_problem
+        return True, ""
+
+    async def _ask_health_hook(self) -> None:
+        """Run the bridge's health hook on the longest-waiting idle spare (none: keep the last answer)."""
+        spare = next((w for w in self._spares if w.state == "ready" and not w.in_flight), None)
+        if spare is None:
+            return
+        try:
+            answer = await spare.call("common:health", {}, timeout=PROBE_TIMEOUT_S * 5)
+        except UnknownCommand:
+            return  # a runtime older than the hook
+        except MLBridgeError as exc:
+            log.warning("bridge %s: health hook on %s failed: %s", self.name, spare.id, exc)
+            return
+        if not isinstance(answer, dict) or answer.get("ok") is not False:
+            self._hook_problem = ""
+            return
+        checks = answer.get("checks")
+        if not isinstance(checks, dict):
+            checks = {}
+        failing = [f"{name}: {str(c.get('detail', ''))[:200]}" for name, c in checks.items()
+                   if isinstance(c, dict) and not c.get("ok")]
+        self._hook_problem = "health check failed: " + ("; ".join(failing)[:500] or "no detail")
+
+    def _housekeeping_metadata(self, worker: Worker, metadata: Mapping[str, str]) -> None:
+        self.probe.housekeeping(self.name, worker.tenant, metadata)
+
     # -- facts -----------------------------------------------------------------
     def facts(self) -> dict[str, Any]:
-        """Spares, their target and the demand behind it, held workers, starts by kind (status, metrics)."""
+        """Spares, their target and the demand behind it, held workers, starts by kind, health (status, metrics)."""
+        serving, why = self.health()
         return {
             "ready": self.ready_count,
             "spares": len(self._spares),
@@ -478,7 +554,10 @@ class Pool:
             "held_starts": self.held_starts,
             "cold_starts": self.cold_starts,
             "starting": self._starting,
+            "start_failures": self.start_failures,
             "last_error": self.last_error,
+            "serving": serving,
+            "health": why,
         }
 
     @property

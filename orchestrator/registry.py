@@ -129,6 +129,13 @@ class Registry:
     def total(self) -> int:
         return len(self._cache)
 
+    def by_bridge(self) -> dict[str, int]:
+        """Resources held per bridge (read from any thread: a snapshot of the cache)."""
+        out: dict[str, int] = {}
+        for rec in builtins.list(self._cache.values()):
+            out[rec.bridge] = out.get(rec.bridge, 0) + 1
+        return out
+
     def on_worker(self, worker_id: str) -> builtins.list[ResourceRecord]:
         return [r for r in self._cache.values() if r.worker_id == worker_id]
 

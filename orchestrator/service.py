@@ -39,6 +39,7 @@ from .claims import ClaimPipeline
 from .config import Config, check_environment
 from .images import image_tag
 from .pool import Listener, Pool
+from .probe import NullProbe, Probe
 from .registry import Registry, ResourceRecord
 from .worker import Worker
 
@@ -97,10 +98,13 @@ class Orchestrator:
         registry: resource specs and replayable calls.
         claims: hands a warm worker to a tenant.
         listeners: told of every worker event, besides the log.
+        exports: takes models workers export into the model store.
+        probe: told of acquisitions, claims and runtime calls (metrics, usage, traces).
     """
 
     def __init__(self, config: Config, backend: Backend, registry: Registry, claims: ClaimPipeline, *,
-                 listeners: Sequence[Listener] = (), exports: ExportSink | None = None) -> None:
+                 listeners: Sequence[Listener] = (), exports: ExportSink | None = None,
+                 probe: Probe | None = None) -> None:
         self.config = config
         self.id = uuid.uuid4().hex[:12]
         self.backend = backend
@@ -108,7 +112,8 @@ class Orchestrator:
         self.claims = claims
         self.exports = exports
         self.listeners: tuple[Listener, ...] = (_log_event, *listeners)
-        self.runner = CallRunner()
+        self.probe: Probe = probe or NullProbe()
+        self.runner = CallRunner(self.probe)
         self.pools: dict[str, Pool] = {}
         self._describe: dict[str, dict[str, Any]] = {}
         self.started = time.time()
@@ -133,7 +138,7 @@ class Orchestrator:
         for name, bcfg in self.config.bridges.items():
             self.pools[name] = Pool(name, bcfg, self.backend, orchestrator_id=self.id,
                                     max_message_bytes=self.config.max_message_bytes, claims=self.claims,
-                                    listeners=self.listeners)
+                                    listeners=self.listeners, probe=self.probe)
         results = await asyncio.gather(*(p.start() for p in self.pools.values()), return_exceptions=True)
         failed = [(n, r) for n, r in zip(self.pools, results, strict=True) if isinstance(r, BaseException)]
         if failed:
@@ -211,9 +216,13 @@ class Orchestrator:
 
     async def _acquire(self, caller: Caller, pool: Pool, timeout_s: float | None = None) -> Worker:
         """One of the caller's workers; a worker new to the tenant first gets back what the tenant lost."""
-        worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool))
-        if not worker.restored:
-            await self._restore_lost(caller, pool, worker, timeout_s)
+        token = self.probe.acquire_begin(pool.name)
+        try:
+            worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool))
+            if not worker.restored:
+                await self._restore_lost(caller, pool, worker, timeout_s)
+        finally:
+            self.probe.acquire_end(token, pool.name)
         return worker
 
     async def _restore_lost(self, caller: Caller, pool: Pool, worker: Worker, timeout_s: float | None) -> None:

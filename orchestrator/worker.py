@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,10 @@ class Worker:
     #: Whether the tenant's lost resources were re-created here (done once, on its first use).
     restored: bool = False
     restore_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Told the reply metadata of the orchestrator's own calls (:meth:`call`): the bridge's metrics.
+    on_metadata: Callable[[Worker, Mapping[str, str]], None] | None = None
+    #: Usage figures already accounted (observability keeps them here between samples).
+    accounted: dict[str, int] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -166,6 +170,8 @@ class Worker:
             reply = await asyncio.wait_for(self.session.request(req), timeout)
         except TimeoutError:
             raise DeadlineExceeded(f"{command} on worker {self.id} took over {timeout:g}s") from None
+        if reply.metadata and self.on_metadata is not None:
+            self.on_metadata(self, reply.metadata)
         if not reply.ok:
             raise error_from_wire(reply.error.code, reply.error.message, reply.error.details_json)
         return json.loads(reply.result_json) if reply.result_json else None

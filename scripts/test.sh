@@ -14,6 +14,14 @@ else
     trap 'scripts/docker-engine.sh down' EXIT
 fi
 
+# promtool checks the shipped alert rules, and a real Prometheus scrapes the orchestrator in the tests.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    echo "== installing Debian's prometheus (server and promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+fi
+
 echo "== lint: ruff, mypy --strict"
 "$PY" -m ruff check .
 "$PY" -m mypy

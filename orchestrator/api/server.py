@@ -1,8 +1,11 @@
-"""The public gRPC server: MLBridge service, grpc health, server reflection."""
+"""The public gRPC server: MLBridge service, grpc health (overall and per bridge), server reflection."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,6 +21,11 @@ from .servicer import MLBridgeServicer
 
 log = logging.getLogger("mlbridge.server")
 
+#: How often the per-bridge health statuses are brought up to date.
+HEALTH_EVERY_S = 1.0
+#: The health service name of bridge ``name``.
+BRIDGE_HEALTH = "mlbridge.bridge.{}"
+
 
 def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
     """TLS credentials; with a client CA, a client without a certificate it signed is refused in the handshake."""
@@ -30,7 +38,13 @@ def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
 
 
 class PublicServer:
-    """Owns the grpc.aio server in front of an :class:`~orchestrator.app.App`."""
+    """Owns the grpc.aio server in front of an :class:`~orchestrator.app.App`.
+
+    The standard health service answers ``""`` and ``mlbridge.v1.MLBridge``
+    (the orchestrator serves) and ``mlbridge.bridge.<name>`` per bridge: the
+    pool's :meth:`~orchestrator.pool.Pool.health` (its workers start, its
+    health hook passes), brought up to date every ``HEALTH_EVERY_S``.
+    """
 
     def __init__(self, app: App, address: str) -> None:
         self.app = app
@@ -41,16 +55,21 @@ class PublicServer:
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
         ])
+        # With metrics on, every service is registered through a stand-in that measures its methods.
+        grpc_metrics = app.observability.grpc
+        services: Any = grpc_metrics.registrar(self.server) if grpc_metrics is not None else self.server
+        self._health_task: asyncio.Task[None] | None = None
+        self._bridge_status: dict[str, int] = {}
         servicer = MLBridgeServicer(app.gateway, app.authenticate, app.dspex)
-        add_service(servicer, self.server, mlbridge_pb2.DESCRIPTOR.services_by_name["MLBridge"], mlbridge_pb2)
+        add_service(servicer, services, mlbridge_pb2.DESCRIPTOR.services_by_name["MLBridge"], mlbridge_pb2)
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
         names = (
             mlbridge_pb2.DESCRIPTOR.services_by_name["MLBridge"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, self.server)
+        reflection.enable_server_reflection(names, services)
         tls = app.config.tls
         if tls is None:
             self.port = self.server.add_insecure_port(address)
@@ -71,8 +90,34 @@ class PublicServer:
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("mlbridge.v1.MLBridge", health_pb2.HealthCheckResponse.SERVING)
+        await self.update_bridge_health()
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_bridges())
         log.info("mlbridge serving on %s (backend %s)", self.target, self.app.backend.name)
 
+    async def update_bridge_health(self) -> None:
+        """Set each bridge's health status from its pool; a change is logged with the reason."""
+        for name, pool in self.app.service.pools.items():
+            serving, why = pool.health()
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            if self._bridge_status.get(name) != status:
+                if name in self._bridge_status or not serving:
+                    log.warning("bridge %s is %s%s", name, "serving" if serving else "NOT serving",
+                                f": {why}" if why else "")
+                self._bridge_status[name] = status
+                await self.health.set(BRIDGE_HEALTH.format(name), status)
+
+    async def _watch_bridges(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_EVERY_S)
+            try:
+                await self.update_bridge_health()
+            except Exception as exc:  # noqa: BLE001 - health reporting must go on
+                log.warning("bridge health update failed: %s", exc)
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)

@@ -21,11 +21,12 @@ import grpc
 from orchestrator.compat.dspex import DSPexFacade
 from orchestrator.edge import Gateway
 from orchestrator.errors import grpc_code, to_rpc_status, wire_message
+from orchestrator.observe.tracing import incoming_traceparent
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
 from orchestrator.service import Caller, new_call_id
 from runtimes.wire.errors import InternalError, InvalidArgument, MLBridgeError
-from runtimes.wire.metadata import AUTHORIZATION
+from runtimes.wire.metadata import AUTHORIZATION, TRACEPARENT
 
 from . import convert
 from .decode import Unparseable
@@ -40,11 +41,15 @@ def anonymous(token: str | None, source: str) -> Caller:
 
 
 def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The bearer token; the W3C ``traceparent`` the client sent goes to the call's trace on the way."""
+    token = None
     for key, value in context.invocation_metadata() or ():
         if key == AUTHORIZATION:
-            scheme, _, token = str(value).partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-    return None
+            scheme, _, rest = str(value).partition(" ")
+            token = rest.strip() if scheme.lower() == "bearer" else None
+        elif key == TRACEPARENT:
+            incoming_traceparent.set(str(value)[:128])
+    return token
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: MLBridgeError) -> None:
@@ -183,4 +188,5 @@ class MLBridgeServicer(pb_grpc.MLBridgeServicer):
 
     @unary
     async def GetStats(self, request: pb.GetStatsRequest, context: Any, caller: Caller) -> pb.GetStatsReply:
-        return convert.stats(self.gateway.stats(caller))
+        since = request.usage_since_unix_ms / 1000 if request.usage_since_unix_ms > 0 else None
+        return convert.stats(self.gateway.stats(caller, request.usage_tenant, since))

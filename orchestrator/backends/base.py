@@ -142,6 +142,16 @@ class ExitInfo:
     reason: str = ""
     memory_limit: int | None = None
 
+    @property
+    def cause(self) -> str:
+        """For metrics: ``oom``, ``killed`` (by a signal) or ``exited`` (on its own, or could not run)."""
+        if self.oom_killed:
+            return "oom"
+        code = self.exit_code
+        if self.reason.startswith("killed") or (isinstance(code, int) and (code < 0 or code > 128)):
+            return "killed"
+        return "exited"
+
     def describe(self) -> str:
         if self.oom_killed:
             lim = f" (limit {self.memory_limit // (1024 * 1024)} MiB)" if self.memory_limit else ""
@@ -199,7 +209,9 @@ class Backend(abc.ABC):
         return {}
 
     def usage(self, handle: WorkerHandle) -> dict[str, int]:
-        """Cheap totals for the audit log while the worker still runs (peak memory, CPU time), {} when unknown."""
+        """Cheap figures read while the worker runs, {} when unknown; any of ``memory_bytes``,
+        ``memory_peak_bytes``, ``memory_limit_bytes``, ``cpu_ns`` (total CPU time) and ``pids``.
+        The audit log keeps them at a worker's end; metrics and usage accounting sample them."""
         return {}
 
     async def list(self, labels: dict[str, str]) -> list[dict[str, Any]]:

@@ -141,6 +141,10 @@ class ProcessBackend(Backend, SupportsHold):
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 out["memory_peak_bytes"] = int(line.split()[1]) * 1024
+            elif line.startswith("VmRSS:"):
+                out["memory_bytes"] = int(line.split()[1]) * 1024
+            elif line.startswith("Threads:"):
+                out["pids"] = int(line.split()[1])
         ticks = os.sysconf("SC_CLK_TCK")
         out["cpu_ns"] = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // ticks  # utime + stime
         return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..audit import AuditLog
 from ..policy import Policy, QuotaTracker
 from ..service import Orchestrator
-from .gateway import Gateway
+from .gateway import Gateway, UsageQuery
 from .pipeline import Edge
 from .request import Outcome, Request
 from .steps import (
@@ -31,23 +31,31 @@ from .steps import (
 __all__ = ["Authenticator", "Edge", "Gateway", "Outcome", "Request", "Step", "build_gateway"]
 
 
-def build_gateway(service: Orchestrator, policy: Policy | None, audit: AuditLog | None) -> tuple[Gateway, Authenticator]:
+def build_gateway(service: Orchestrator, policy: Policy | None, audit: AuditLog | None, *,
+                  observe: tuple[Step, Step] | None = None, usage: UsageQuery | None = None,
+                  ) -> tuple[Gateway, Authenticator]:
     """The public service for ``service`` and the authenticator in front of it.
 
     With neither a policy nor an audit log every caller is tenant ``default``
-    and nothing stands between the API and the service; with either, every
-    step runs (a missing policy allows everything, a missing log records nothing).
+    and nothing stands between the API and the service but ``observe``; with
+    either, every step runs (a missing policy allows everything, a missing log
+    records nothing). ``observe`` (metrics and traces) are the first and the
+    last step, so they see every request, the refused ones too.
     """
-    if policy is None and audit is None:
-        return Gateway(service, Edge()), Authenticator(None, None)
+    first, last = observe or (None, None)
+    if policy is None and audit is None:  # no policy steps: nothing for the last step to mark
+        return Gateway(service, Edge([first] if first is not None else []), usage=usage), Authenticator(None, None)
     policy = policy or Policy.permissive()
     record = recorder(audit)
-    edge = Edge([
+    edge = Edge([s for s in (
+        first,
         ResolveResource(service, record),
         Authorize(policy, audit, record),
         AuditCall(service, record),
         Quotas(policy, QuotaTracker(), service),
         Deadline(policy),
-    ])
-    gateway = Gateway(service, edge, visible_bridges=policy.visible_bridges, scoped_stats=not policy.is_permissive)
+        last,
+    ) if s is not None])
+    gateway = Gateway(service, edge, visible_bridges=policy.visible_bridges, scoped_stats=not policy.is_permissive,
+                      usage=usage)
     return gateway, Authenticator(policy, audit)

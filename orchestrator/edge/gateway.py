@@ -9,7 +9,7 @@ tenant's quotas, given the policy's deadline and audited alike.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from runtimes.wire.errors import NotFound
 from runtimes.wire.payload import check_payload
@@ -25,6 +25,14 @@ __all__ = ["Gateway"]
 Visible = Callable[[str, list[str]], list[str]]
 
 
+class UsageQuery(Protocol):
+    """Where GetStats reads usage accounting (:class:`orchestrator.usage.UsageBook`)."""
+
+    bucket_s: int
+
+    def query(self, tenant: str | None = None, since: float | None = None) -> list[dict[str, Any]]: ...
+
+
 class Gateway:
     """Public operations for one orchestrator.
 
@@ -32,13 +40,15 @@ class Gateway:
         service: the domain service.
         edge: the steps every request passes.
         visible_bridges: ``(tenant, names) -> the names the tenant may see``; all by default.
-        scoped_stats: whether GetStats shows a caller only its own tenant's workers and resources.
+        scoped_stats: whether GetStats shows a caller only its own tenant's workers, resources and usage.
+        usage: usage accounting, for GetStats.
     """
 
     def __init__(self, service: Orchestrator, edge: Edge, *, visible_bridges: Visible | None = None,
-                 scoped_stats: bool = False) -> None:
+                 scoped_stats: bool = False, usage: UsageQuery | None = None) -> None:
         self.service = service
         self.edge = edge
+        self.usage = usage
         self._visible = visible_bridges
         self._scoped_stats = scoped_stats
 
@@ -68,9 +78,16 @@ class Gateway:
         self.edge.check(Request(caller, "ListResources", "list_resources", bridge=bridge or None))
         return self.service.list_resources(caller, bridge, type_)
 
-    def stats(self, caller: Caller) -> dict[str, Any]:
+    def stats(self, caller: Caller, usage_tenant: str = "", usage_since: float | None = None) -> dict[str, Any]:
+        """The orchestrator's figures; with usage accounting, the usage rows of ``usage_tenant`` (every tenant
+        when empty) since ``usage_since`` (Unix seconds). A scoped caller sees only its own tenant's."""
         self.edge.check(Request(caller, "GetStats", "stats"))
         out = self.service.stats(caller)
+        if self.usage is not None:
+            tenant = caller.tenant if self._scoped_stats else (usage_tenant or None)
+            rows = [] if self._scoped_stats and usage_tenant not in ("", caller.tenant) else \
+                self.usage.query(tenant, usage_since)
+            out["usage"] = {"since_unix": usage_since, "bucket_s": self.usage.bucket_s, "rows": rows}
         if self._scoped_stats:
             out["workers"] = [w for w in out["workers"] if w["tenant"] == caller.tenant]
             if self._visible is not None:

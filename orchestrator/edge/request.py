@@ -33,6 +33,7 @@ class Request:
         timeout_s: the client's deadline in seconds; the deadline step lowers it to the policy's.
         rule: the policy rule that allowed the request (set by the authorisation step).
         started: monotonic time the call was let through (set by the audit step).
+        observed: what observability keeps of the request while it runs (its start time).
     """
 
     caller: Caller
@@ -48,6 +49,7 @@ class Request:
     timeout_s: float | None = None
     rule: str | None = None
     started: float = 0.0
+    observed: Any = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ a bearer token into the :class:`~orchestrator.service.Caller` a request carries.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from runtimes.wire.errors import NotFound, PermissionDenied, QuotaExceeded, Unauthenticated
@@ -77,6 +78,8 @@ class Authenticator:
     def __init__(self, policy: Policy | None, audit: AuditLog | None) -> None:
         self.policy = policy
         self.audit = audit
+        #: Called on every failed authentication (metrics).
+        self.on_failure: Callable[[], None] | None = None
 
     def __call__(self, token: str | None, source: str) -> Caller:
         if self.policy is None:
@@ -84,6 +87,8 @@ class Authenticator:
         try:
             p = self.policy.authenticate(token)
         except Unauthenticated:
+            if self.on_failure is not None:
+                self.on_failure()
             if self.audit is not None:
                 self.audit.record(event="auth_failure", source=source, outcome="denied",
                                   error_code="UNAUTHENTICATED")

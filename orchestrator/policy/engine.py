@@ -100,6 +100,11 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+#: Commands that show a worker's insides (its code paths and timings): an allow rule grants one only
+#: by naming it in ``commands``; a glob such as ``common:*``, or a rule without commands, never does.
+EXPLICIT_COMMANDS = frozenset({"common:profile"})
+
+
 def _matches(
     rule: Rule, action: str, bridge: str | None, command: str | None, rtype: str | None
 ) -> bool:
@@ -303,6 +308,8 @@ class Policy:
         if bridge is not None and not self.bridge_allowed(principal.tenant, bridge):
             return Decision(False, "bridge-not-allowed")
         matched = [r for r in self._rules(tenant) if _matches(r, action, bridge, command, rtype)]
+        if command in EXPLICIT_COMMANDS and not self.is_permissive:
+            matched = [r for r in matched if r.effect == "deny" or command in (c.lower() for c in r.commands or ())]
         for effect in ("deny", "allow"):
             for rule in matched:
                 if rule.effect == effect:

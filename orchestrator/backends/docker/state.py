@@ -124,25 +124,33 @@ def cgroup_oom_kills(cid: str, root: Path = Path("/sys/fs/cgroup")) -> int | Non
 
 
 def cgroup_usage(cid: str, root: Path = Path("/sys/fs/cgroup")) -> dict[str, int]:
-    """Peak memory and CPU time of a running container, read on the host ({} when unknown).
+    """Memory (now and peak), its limit, CPU time and pids of a running container, read on the host
+    ({} when unknown).
 
-    cgroup v1 (cgroupfs or systemd driver): ``memory.max_usage_in_bytes`` and
-    ``cpuacct.usage``; cgroup v2: ``memory.peak`` (where the kernel has it) and
-    ``cpu.stat`` ``usage_usec``.
+    cgroup v1 (cgroupfs or systemd driver): ``memory.usage_in_bytes``,
+    ``memory.max_usage_in_bytes``, ``memory.limit_in_bytes``, ``cpuacct.usage``,
+    ``pids.current``; cgroup v2: ``memory.current``, ``memory.peak`` (where the
+    kernel has it), ``memory.max``, ``cpu.stat`` ``usage_usec``, ``pids.current``.
     """
     if not _CONTAINER_ID.match(cid):
         return {}
     out: dict[str, int] = {}
     for rel in (Path("docker") / cid, Path("system.slice") / f"docker-{cid}.scope"):
-        for key, path, scale in (
-            ("memory_peak_bytes", root / "memory" / rel / "memory.max_usage_in_bytes", 1),
-            ("cpu_ns", root / "cpuacct" / rel / "cpuacct.usage", 1),
-            ("memory_peak_bytes", root / rel / "memory.peak", 1),
+        for key, path in (
+            ("memory_bytes", root / "memory" / rel / "memory.usage_in_bytes"),
+            ("memory_peak_bytes", root / "memory" / rel / "memory.max_usage_in_bytes"),
+            ("memory_limit_bytes", root / "memory" / rel / "memory.limit_in_bytes"),
+            ("cpu_ns", root / "cpuacct" / rel / "cpuacct.usage"),
+            ("pids", root / "pids" / rel / "pids.current"),
+            ("memory_bytes", root / rel / "memory.current"),
+            ("memory_peak_bytes", root / rel / "memory.peak"),
+            ("memory_limit_bytes", root / rel / "memory.max"),
+            ("pids", root / rel / "pids.current"),
         ):
             if key in out:
                 continue
             try:
-                out[key] = int(path.read_text().strip()) * scale
+                out[key] = int(path.read_text().strip())
             except (OSError, ValueError):
                 pass
         try:
@@ -152,4 +160,8 @@ def cgroup_usage(cid: str, root: Path = Path("/sys/fs/cgroup")) -> dict[str, int
                     out["cpu_ns"] = int(value) * 1000
         except (OSError, ValueError):
             pass
+        if out:
+            break
+    if out.get("memory_limit_bytes", 0) >= 2**62:  # v1's "no limit"
+        del out["memory_limit_bytes"]
     return out
