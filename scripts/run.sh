@@ -28,7 +28,7 @@ if ! "$PY" -m orchestrator.cli models list | grep -q '^tiny-bert '; then
     "$PY" -m orchestrator.cli models add "$DEMO_MODEL/tiny-bert" --name tiny-bert
     rm -rf "$DEMO_MODEL"
 fi
-"$PY" -m orchestrator.cli serve --backend docker --listen "$ADDRESS" &
+"$PY" -m orchestrator.cli serve --backend docker --listen "$ADDRESS" --metrics-listen "${MLBRIDGE_METRICS_LISTEN:-127.0.0.1:9464}" &
 SERVE_PID=$!
 
 for _ in $(seq 1 240); do
@@ -60,5 +60,14 @@ with MLBridge.connect(sys.argv[1]) as mb:
         print(f"{text!r}: {tf.run(clf, text)}")
 PYEOF
 echo
-echo "mlbridge is serving on $ADDRESS; Ctrl-C stops it."
+echo "== Prometheus metrics: the calls above, per bridge, tenant and outcome"
+"$PY" - "${MLBRIDGE_METRICS_LISTEN:-127.0.0.1:9464}" <<'PYEOF'
+import sys
+import urllib.request
+
+page = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+print("\n".join(line for line in page.splitlines() if line.startswith("mlbridge_calls_total")))
+PYEOF
+echo
+echo "mlbridge is serving on $ADDRESS (metrics on ${MLBRIDGE_METRICS_LISTEN:-127.0.0.1:9464}); Ctrl-C stops it."
 wait "$SERVE_PID"
