@@ -47,11 +47,13 @@ def describe(d: dict[str, Any]) -> pb.DescribeBridgeReply:
     return pb.DescribeBridgeReply(
         bridge=d["bridge"], framework=d["framework"], framework_version=d["framework_version"],
         commands=[pb.CommandInfo(name=c["name"], description=c["description"],
-                                 args_schema_json=dumps(c["schema"]), streaming=c["streaming"])
+                                 args_schema_json=dumps(c["schema"]), streaming=c["streaming"],
+                                 retry_safe=c.get("retry_safe", False))
                   for c in d["commands"]],
         resource_types=[pb.ResourceTypeInfo(name=t["name"], description=t["description"],
                                             config_schema_json=dumps(t["schema"]),
-                                            streaming=t["streaming"])
+                                            streaming=t["streaming"], retry_safe=t.get("retry_safe", False),
+                                            keeps_state=t.get("keeps_state", False))
                         for t in d["resource_types"]],
         packages=d["packages"], runtime_version=d["runtime_version"], python_version=d["python_version"],
     )

@@ -192,9 +192,10 @@ def describe_dict(d: pb.DescribeBridgeReply) -> dict[str, Any]:
     return {
         "bridge": d.bridge, "framework": d.framework, "framework_version": d.framework_version,
         "commands": [{"name": c.name, "description": c.description, "schema": loads(c.args_schema_json) or {},
-                      "streaming": c.streaming} for c in d.commands],
+                      "streaming": c.streaming, "retry_safe": c.retry_safe} for c in d.commands],
         "resource_types": [{"name": t.name, "description": t.description,
-                            "schema": loads(t.config_schema_json) or {}, "streaming": t.streaming}
+                            "schema": loads(t.config_schema_json) or {}, "streaming": t.streaming,
+                            "retry_safe": t.retry_safe, "keeps_state": t.keeps_state}
                            for t in d.resource_types],
         "packages": dict(d.packages), "runtime_version": d.runtime_version, "python_version": d.python_version,
     }

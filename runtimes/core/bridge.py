@@ -48,6 +48,7 @@ class CommandSpec:
     streaming: bool = False
     is_async: bool = False
     inline: bool = False
+    retry_safe: bool = False
 
 
 def command(
@@ -56,6 +57,7 @@ def command(
     description: str = "",
     schema: dict[str, Any] | None = None,
     inline: bool = False,
+    retry_safe: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a method as a command of its bridge's namespace.
 
@@ -66,6 +68,9 @@ def command(
             top-level property types are checked before the handler runs.
         inline: run on the event loop instead of a thread (only for handlers
             that never block).
+        retry_safe: running it again on a replacement worker, after its worker
+            died mid-call, repeats no effect outside the worker (the
+            orchestrator then retries it once, transparently).
     """
 
     def deco(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,6 +82,7 @@ def command(
             streaming=inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func),
             is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
             inline=inline,
+            retry_safe=retry_safe,
         )
         return func
 
@@ -93,6 +99,10 @@ class Resource:
     type_name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     config_schema: ClassVar[dict[str, Any]] = {}
+    #: Executing it again on a replacement worker (after its worker died mid-call) is safe: the
+    #: orchestrator retries such an execution once. Leave False when an execution has effects
+    #: outside the worker, or changes state the orchestrator does not keep.
+    retry_safe: ClassVar[bool] = False
 
     def __init__(self, bridge: Bridge, resource_id: str, config: dict[str, Any]) -> None:
         self.bridge = bridge

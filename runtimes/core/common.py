@@ -94,19 +94,19 @@ class CommonCommands:
             if (spec := getattr(attr, "__mlbridge_command__", None)) is not None
         }
 
-    @command("ping", description="Liveness check; echoes back any args", inline=True)
+    @command("ping", description="Liveness check; echoes back any args", inline=True, retry_safe=True)
     def ping(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True, "bridge": self.d.bridge.name, "time_ms": int(time.time() * 1000), "echo": args}
 
-    @command("describe", description="Capability discovery: commands, resource types, versions", inline=True)
+    @command("describe", description="Capability discovery: commands, resource types, versions", inline=True, retry_safe=True)
     def describe(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.d.describe()
 
-    @command("stats", description="Call counters, resources and memory of this worker", inline=True)
+    @command("stats", description="Call counters, resources and memory of this worker", inline=True, retry_safe=True)
     def stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.d.stats()
 
-    @command("get_stats", description="Alias of common:stats", inline=True)
+    @command("get_stats", description="Alias of common:stats", inline=True, retry_safe=True)
     def get_stats(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.d.stats()
 
@@ -137,12 +137,12 @@ class CommonCommands:
                              int(m.get("size_bytes") or 0)) for m in args["models"]]
         return {"preloaded": self.d.preload(grants)}
 
-    @command("list_resources", description="Resources held by this worker", schema=_TYPE_FILTER_SCHEMA, inline=True)
+    @command("list_resources", description="Resources held by this worker", schema=_TYPE_FILTER_SCHEMA, inline=True, retry_safe=True)
     def list_resources(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         store = self.d.bridge.resources
         return {"resources": [store.summary(rid) for rid, _ in store.items(args.get("type") or "")]}
 
-    @command("get_resource", description="One resource's summary", inline=True)
+    @command("get_resource", description="One resource's summary", inline=True, retry_safe=True)
     def get_resource(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return self.d.bridge.resources.summary(ctx.resource_id or args.get("resource_id", ""))
 

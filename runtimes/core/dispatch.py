@@ -152,10 +152,12 @@ class Dispatcher:
     def describe(self) -> dict[str, Any]:
         b = self.bridge
         commands = [
-            {"name": f"common:{s.name}", "description": s.description, "schema": s.schema, "streaming": s.streaming}
+            {"name": f"common:{s.name}", "description": s.description, "schema": s.schema, "streaming": s.streaming,
+             "retry_safe": s.retry_safe}
             for s in self.common.commands.values()
         ] + [
-            {"name": f"{b.name}:{s.name}", "description": s.description, "schema": s.schema, "streaming": s.streaming}
+            {"name": f"{b.name}:{s.name}", "description": s.description, "schema": s.schema, "streaming": s.streaming,
+             "retry_safe": s.retry_safe}
             for s in b.commands.values()
         ]
         types = [
@@ -164,6 +166,8 @@ class Dispatcher:
                 "description": t.description,
                 "schema": t.config_schema,
                 "streaming": inspect.isgeneratorfunction(t.execute) or inspect.isasyncgenfunction(t.execute),
+                "retry_safe": t.retry_safe,
+                "keeps_state": t.keeps_state(),
             }
             for t in b.types.values()
         ]

@@ -77,12 +77,14 @@ class RuntimeServicer(pb_grpc.RuntimeServicer):
             framework_version=info["framework_version"],
             commands=[
                 common.CommandInfo(name=c["name"], description=c["description"],
-                               args_schema_json=dumps(c["schema"]), streaming=c["streaming"])
+                                   args_schema_json=dumps(c["schema"]), streaming=c["streaming"],
+                                   retry_safe=c["retry_safe"])
                 for c in info["commands"]
             ],
             resource_types=[
                 common.ResourceTypeInfo(name=t["name"], description=t["description"],
-                                    config_schema_json=dumps(t["schema"]), streaming=t["streaming"])
+                                        config_schema_json=dumps(t["schema"]), streaming=t["streaming"],
+                                        retry_safe=t["retry_safe"], keeps_state=t["keeps_state"])
                 for t in info["resource_types"]
             ],
             packages=info["packages"],

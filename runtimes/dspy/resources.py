@@ -31,6 +31,7 @@ class DSPyResource(Resource):
 
 class SignatureResource(DSPyResource):
     type_name = "signature"
+    retry_safe = True
     description = "A DSPy signature from 'question -> answer' or from inputs/outputs field lists"
     config_schema = SIGNATURE_SCHEMA
 

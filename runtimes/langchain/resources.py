@@ -38,6 +38,7 @@ class ModelResource(RunnableResource):
 
 class PromptResource(RunnableResource):
     type_name = "prompt"
+    retry_safe = True  # formatting only
     description = "A chat prompt template ({template} or {messages}); variables checked at create"
     config_schema = PROMPT_SCHEMA
 

@@ -46,11 +46,15 @@ class Ticker(Resource):
     """A streaming resource: execute yields ``inputs.n`` ticks with progress."""
 
     type_name = "ticker"
-    description = "Streams n ticks, reporting progress"
+    description = "Streams n ticks (inputs.delay seconds apart), reporting progress; retry-safe"
+    retry_safe = True  # it changes nothing, in the worker or outside
 
     def execute(self, ctx: CallContext, inputs: dict[str, Any]):
         n = int(inputs.get("n", 3))
+        delay = float(inputs.get("delay", 0))
         for i in range(n):
+            if delay:
+                ctx.sleep(delay)
             ctx.progress(i + 1, n, f"tick {i + 1}")
             yield {"tick": i + 1, "label": self.config.get("label", "")}
         return {"ticks": n}
@@ -138,7 +142,7 @@ class MockBridge(Bridge):
             return MockBridgeError(f"mock framework failed: {exc}", details={"framework_error": type(exc).__name__})
         return None
 
-    @command(description="Return the args unchanged", inline=True)
+    @command(description="Return the args unchanged", inline=True, retry_safe=True)
     def echo(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         return args
 
@@ -148,6 +152,12 @@ class MockBridge(Bridge):
         started = time.monotonic()
         ctx.sleep(float(args["seconds"]))
         return {"slept": round(time.monotonic() - started, 3)}
+
+    @command(description="mock:sleep, declared retry-safe: run again on a new worker if this one dies",
+             retry_safe=True,
+             schema={"type": "object", "properties": {"seconds": {"type": "number"}}, "required": ["seconds"]})
+    def nap(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return self.sleep(ctx, args)
 
     @command(description="Busy-loop for args.seconds ignoring cancellation (tests worker replacement)")
     def spin(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

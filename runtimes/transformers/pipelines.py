@@ -57,6 +57,7 @@ class PipelineResource(TransformersResource):
     """A transformers pipeline over a store model or a model resource, optionally batching concurrent calls."""
 
     type_name: ClassVar[str] = "pipeline"
+    retry_safe: ClassVar[bool] = True  # inference: nothing outside the worker changes
     description: ClassVar[str] = ("A transformers pipeline (" + ", ".join(TASK_KINDS) + "); execute: {\"inputs\": "
                                   "text | [texts], \"parameters\": {...}} -> {\"output\"}; text-generation streams")
     config_schema: ClassVar[dict[str, Any]] = {

@@ -50,6 +50,7 @@ class ModelResource(TransformersResource):
     """A model from the store, loaded once (verified against its recorded sha256 first)."""
 
     type_name: ClassVar[str] = "model"
+    retry_safe: ClassVar[bool] = True  # inference: nothing outside the worker changes
     description: ClassVar[str] = ("A model from the model store (by name, optionally pinned by hash), loaded once; "
                                   "execute: " + _EXECUTE + " -> logits, labels, embeddings, or generated text "
                                   "(streamed)")
@@ -156,6 +157,7 @@ class TokenizerResource(TransformersResource):
     """The tokenizer saved in a store model's directory (verified against its recorded sha256 first)."""
 
     type_name: ClassVar[str] = "tokenizer"
+    retry_safe: ClassVar[bool] = True
     description: ClassVar[str] = ("The tokenizer of a model in the model store; execute: {\"inputs\": text | [texts]} "
                                   "-> input_ids, attention_mask, tokens; or {\"decode\": ids | [ids...]} -> text")
     config_schema: ClassVar[dict[str, Any]] = {

@@ -23,6 +23,9 @@ EXPORTED_MODELS: JSON list of ``{"name", "hash", "dir"}``: models a handler
 BATCH_SIZE: the number of requests served by the model invocation that
     answered this call (adaptive batching), set by a bridge that batches.
 DEPRECATED: a sentence naming the replacement of a deprecated command.
+RETRIED: set by the orchestrator on a reply whose call it ran a second time on a
+    replacement worker (the command is retry-safe and the first worker died); the
+    value is the first attempt's error.
 METRICS: JSON ``{"v": 1, "series": [...]}``: what the bridge's own metrics
     (``Bridge.metrics``) counted since the worker last reported, set by the
     runtime on a reply when anything changed; the orchestrator adds them to its
@@ -46,6 +49,7 @@ RESOURCE_STATES = "mlbridge-resource-states"
 EXPORTED_MODELS = "mlbridge-exported-models"
 BATCH_SIZE = "mlbridge-batch-size"
 DEPRECATED = "mlbridge-deprecated"
+RETRIED = "mlbridge-retried"
 METRICS = "mlbridge-metrics"
 SPANS = "mlbridge-spans"
 USAGE = "mlbridge-usage"

@@ -49,25 +49,31 @@ class AnswerReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class CommandInfo(_message.Message):
-    __slots__ = ("name", "description", "args_schema_json", "streaming")
+    __slots__ = ("name", "description", "args_schema_json", "streaming", "retry_safe")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ARGS_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
+    RETRY_SAFE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     args_schema_json: str
     streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
+    retry_safe: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., args_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ..., retry_safe: _Optional[bool] = ...) -> None: ...
 
 class ResourceTypeInfo(_message.Message):
-    __slots__ = ("name", "description", "config_schema_json", "streaming")
+    __slots__ = ("name", "description", "config_schema_json", "streaming", "retry_safe", "keeps_state")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
+    RETRY_SAFE_FIELD_NUMBER: _ClassVar[int]
+    KEEPS_STATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     config_schema_json: str
     streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
+    retry_safe: bool
+    keeps_state: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_schema_json: _Optional[str] = ..., streaming: _Optional[bool] = ..., retry_safe: _Optional[bool] = ..., keeps_state: _Optional[bool] = ...) -> None: ...
