@@ -279,7 +279,13 @@ class CallRunner:
         backend = fl.pool.backend
         info = None
         for _ in range(40):  # the backend may take a moment to see the exit
-            info = await backend.exit_info(fl.worker.handle)
+            try:
+                info = await backend.exit_info(fl.worker.handle)
+            except MLBridgeError as err:  # the engine itself is gone (restarting): so is the worker
+                await fl.pool.retire(fl.worker, f"lost with its engine: {err.message}", cause="killed")
+                return WorkerDied(f"worker {fl.worker.id} of bridge {fl.pool.name!r} was lost during call "
+                                  f"{fl.call_id} ({what}) and its engine does not answer: {err.message}; "
+                                  f"it is being replaced", details={"engine": "unreachable"})
             if info is not None:
                 break
             await asyncio.sleep(0.05)

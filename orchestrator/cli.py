@@ -19,7 +19,7 @@ from .client import MLBridge
 
 # Subcommand groups living in their own modules; each exposes register(subparsers).
 _EXTENSIONS = ("orchestrator.images.cli", "orchestrator.policy.cli", "orchestrator.audit_cli", "orchestrator.port",
-               "orchestrator.models.cli", "orchestrator.usage_cli")
+               "orchestrator.models.cli", "orchestrator.usage_cli", "orchestrator.chaos.cli")
 
 
 def _client(args: argparse.Namespace) -> MLBridge:
@@ -194,6 +194,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                    b["held"], b["claims_per_min"], _health(b), (b.get("health") or b["last_error"])[:60]]
                   for n, b in sorted(s["bridges"].items())],
                  ["BRIDGE", "READY", "SPARES/TARGET", "MIN-MAX", "HELD", "CLAIMS/MIN", "HEALTH", "WHY / LAST ERROR"]))
+    circuits = [[b, t, c["state"].upper().replace("_", "-"), c["failures"], c["retry_after_s"], c["reason"][:60]]
+                for b, tenants in sorted(s.get("circuits", {}).items()) for t, c in sorted(tenants.items())]
+    if circuits:
+        print()
+        print(_table(circuits, ["BRIDGE", "TENANT", "CIRCUIT", "FAILURES", "RETRY IN S", "LAST FAILURE"]))
     print()
     print(_table([[w["worker_id"], w["bridge"], w["state"], w["tenant"] or "(spare)", w["calls"], w["errors"],
                    w["in_flight"]] for w in s["workers"]],

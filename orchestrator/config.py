@@ -119,6 +119,38 @@ class TracingConfig(BaseModel):
     insecure: bool = Field(True, description="plain gRPC to the collector (false: TLS)")
 
 
+class CircuitConfig(BaseModel):
+    """A circuit breaker per tenant of a bridge (see orchestrator/circuit.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(3, ge=0, le=1000, description=(
+        "consecutive worker deaths or failed starts of one tenant that open its circuit (0: never)"))
+    open_s: float = Field(5.0, gt=0, le=3600, description="how long an open circuit refuses before one probe call")
+    max_open_s: float = Field(60.0, gt=0, le=86400, description="the longest it stays open (it doubles each time)")
+
+
+class RecycleConfig(BaseModel):
+    """When a claimed worker is replaced by a fresh one, after its calls in flight finish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_s: float | None = Field(None, gt=0, description="recycle a worker this many seconds after it started")
+    max_calls: int | None = Field(None, gt=0, description="recycle a worker after this many calls")
+    max_memory: str | None = Field(None, description="recycle a worker whose memory high-water mark passes this")
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        return parse_size(self.max_memory) if self.max_memory else None
+
+    @field_validator("max_memory")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+
 class BridgeConfig(BaseModel):
     """One bridge: where its runtime comes from and how its workers run."""
 
@@ -156,6 +188,8 @@ class BridgeConfig(BaseModel):
     release_idle_s: float = Field(900.0, gt=0, description=(
         "a claimed worker unused this long is released (destroyed); its tenant's resources are "
         "re-created from their specs on next use"))
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    recycle: RecycleConfig = Field(default_factory=RecycleConfig)
     adapter: str | None = Field(None, description="client adapter import string (module:Class)")
     models: bool = Field(False, description=(
         "give claimed workers the model-store models their tenant may load (read-only) and an export directory"))

@@ -34,6 +34,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+import grpc
+
 from runtimes.wire.errors import MLBridgeError, QuotaExceeded, Unavailable, UnknownCommand
 
 from .backends.base import Backend, SupportsHold, WorkerHandle, WorkerSpec
@@ -97,9 +99,17 @@ class Pool:
         self._refill_tasks: set[asyncio.Task[None]] = set()
         self._tenant_locks: dict[str, tuple[asyncio.Lock, int]] = {}  # tenant -> (lock, callers using it)
         self.demand = SpareDemand(cfg.pool_size, cfg.max_spares, cfg.spare_window_s)
+        rc = cfg.recycle
+        self._recycle_by_use = bool(rc.max_calls or rc.max_age_s)
+        self._recycle_memory = rc.max_memory_bytes
+        self.recycled = 0
         self.cold_starts = 0
         self.held_starts = 0
         self.start_failures = 0
+        #: What the bridge declares safe to run again on a replacement worker (learnt from its first
+        #: worker's describe): commands, and resource types whose execution is.
+        self.retry_commands: frozenset[str] | None = None
+        self.retry_types: frozenset[str] = frozenset()
         self._replacements = 0  # retired workers whose replacement has not started yet
         #: The bridge's health: "" while serving, else why not (:meth:`health`).
         self._hook_problem = ""
@@ -138,6 +148,10 @@ class Pool:
             await self._retire_surplus()
             self._refill()
             for worker in [w for w in self.workers.values() if w.state == "ready"]:
+                recycling = self._recycle_by_use or self._recycle_memory
+                if worker.tenant and recycling and (why := self._due(worker, memory=True)):
+                    self._recycle(worker, why)
+                    continue
                 try:
                     info = await self.backend.exit_info(worker.handle)
                     if info is not None:
@@ -232,6 +246,8 @@ class Pool:
             await worker.wait_ready(self.backend, self.cfg.start_timeout_s)
             # Open the call stream now: its first use costs 5-10 ms a claim should not pay.
             await worker.call("common:ping", {}, timeout=self.cfg.start_timeout_s)
+            if self.retry_commands is None:
+                await self._learn_recovery(worker)
             await self.claims.prepare(worker, self.cfg)  # still boosted: loading models is our own work
             if handle.boosted:
                 await self.backend.apply_limits(handle, WorkerLimits(cpus=self.cfg.limits.cpus))
@@ -240,6 +256,22 @@ class Pool:
             await self._destroy(worker, "failed to become ready", kill=True, cause="start_failed")
             raise
         return worker
+
+    async def _learn_recovery(self, worker: Worker) -> None:
+        """Which commands and resource types the bridge declares retry-safe (once, from its first worker)."""
+        try:
+            reply = await worker.describe()
+        except Exception as exc:  # noqa: BLE001 - a later worker tells instead
+            log.warning("bridge %s: describe of %s failed: %s", self.name, worker.id, exc)
+            return
+        self.retry_types = frozenset(t.name for t in reply.resource_types if t.retry_safe)
+        self.retry_commands = frozenset(c.name for c in reply.commands if c.retry_safe)
+
+    def retry_safe(self, command: str, resource_type: str = "") -> bool:
+        """Whether a call of ``command`` (on a resource of ``resource_type``) may run again on a new worker."""
+        if resource_type:
+            return resource_type in self.retry_types
+        return command in (self.retry_commands or ())
 
     # -- held workers ----------------------------------------------------------
     @property
@@ -402,6 +434,8 @@ class Pool:
         if self.closed:
             raise Unavailable(f"bridge {self.name!r} is shutting down")
         mine = self.claimed(tenant)
+        if self._recycle_by_use and mine:
+            mine = self._fresh(mine)
         best = min(mine, key=lambda w: w.in_flight, default=None)
         limit = max_workers if max_workers is not None else self.cfg.workers_per_tenant
         if best is not None and (best.in_flight == 0 or len(mine) >= limit or not self._spares):
@@ -440,8 +474,9 @@ class Pool:
         try:
             await self.claims.claim(worker, tenant, self.cfg, self._background)
         except Exception as exc:
-            await self.retire(worker, f"claim failed: {exc}", cause="claim_failed")
-            raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {exc}") from exc
+            why = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            await self.retire(worker, f"claim failed: {why}", cause="claim_failed")
+            raise Unavailable(f"could not hand a worker of {self.name!r} to its tenant: {why}") from exc
         self.probe.claimed(self.name, tenant, worker.origin, began, time.time_ns())
         await self._emit("worker_claim", worker, {"tenant": tenant})
         # A moment after the claim: a start competes for the CPU with the tenant's first call,
@@ -453,6 +488,58 @@ class Pool:
         """Run housekeeping off the caller's path; failures are logged, never raised."""
 
         self._spawn(coro, what)
+
+    # -- recycling -------------------------------------------------------------
+    def _due(self, worker: Worker, *, memory: bool = False) -> str:
+        """Why ``worker`` is due to be recycled ("" when it is not): calls, age, memory high-water mark."""
+        rc = self.cfg.recycle
+        if rc.max_calls and worker.calls >= rc.max_calls:
+            return f"served {worker.calls} calls (recycle.max_calls {rc.max_calls})"
+        if rc.max_age_s and (age := time.monotonic() - worker.started_at) >= rc.max_age_s:
+            return f"ran {age:.0f}s (recycle.max_age_s {rc.max_age_s:g})"
+        if memory and self._recycle_memory:
+            figures = self.backend.usage(worker.handle)
+            peak = figures.get("memory_peak_bytes") or figures.get("memory_bytes") or 0
+            if peak >= self._recycle_memory:
+                return f"memory high-water mark {peak // (1 << 20)} MiB (recycle.max_memory {rc.max_memory})"
+        return ""
+
+    def usable(self, worker: Worker) -> bool:
+        """Whether a call may go to ``worker`` (ready, and not due to be recycled: then it starts draining)."""
+        if worker.state != "ready":
+            return False
+        if self._recycle_by_use and (why := self._due(worker)):
+            self._recycle(worker, why)
+            return False
+        return True
+
+    def _fresh(self, mine: list[Worker]) -> list[Worker]:
+        """The tenant's workers not due to be recycled; those due start draining."""
+        fresh = []
+        for w in mine:
+            if why := self._due(w):
+                self._recycle(w, why)
+            else:
+                fresh.append(w)
+        return fresh
+
+    def _recycle(self, worker: Worker, why: str) -> None:
+        """Take no new calls on ``worker``; once its calls in flight finish, stop it (its tenant's next call
+        gets a fresh worker, where its resources are re-created from their specs)."""
+        if worker.state != "ready":
+            return
+        worker.state = "draining"
+        log.info("bridge %s: recycling worker %s of tenant %s: %s", self.name, worker.id, worker.tenant, why)
+
+        async def drain() -> None:
+            deadline = time.monotonic() + self.cfg.call_timeout_s + self.cfg.cancel_grace_s
+            while worker.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            self.recycled += 1
+            await self._destroy(worker, f"recycled: {why}", kill=False, cause="recycled")
+            self._refill()
+
+        self._spawn(drain(), f"recycle worker {worker.id}")
 
     # -- retiring --------------------------------------------------------------
     async def retire(self, worker: Worker, reason: str, *, kill: bool = True, cause: str = "unhealthy") -> None:
@@ -555,6 +642,7 @@ class Pool:
             "cold_starts": self.cold_starts,
             "starting": self._starting,
             "start_failures": self.start_failures,
+            "recycled": self.recycled,
             "last_error": self.last_error,
             "serving": serving,
             "health": why,

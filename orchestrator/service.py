@@ -25,16 +25,21 @@ from runtimes.wire.errors import (
     AlreadyExists,
     BridgeNotFound,
     ConfigError,
+    DeadlineExceeded,
     InvalidArgument,
     MLBridgeError,
     NotFound,
+    OutOfMemory,
+    QuotaExceeded,
     UnknownCommand,
+    WorkerDied,
 )
 from runtimes.wire.payload import dumps, loads_lenient
 from runtimes.wire.proto import runtime_pb2 as rpb
 
 from .backends.base import Backend, SupportsGpus
 from .calls import CallRunner, Reply, created_resources
+from .circuit import Circuit, CircuitBreakers, CircuitSettings
 from .claims import ClaimPipeline
 from .config import Config, check_environment
 from .images import image_tag
@@ -89,6 +94,14 @@ def _log_event(event: str, worker: Worker, extra: dict[str, Any]) -> None:
     log.info("%s %s %s", event, worker.id, extra)
 
 
+def _log_circuit(bridge: str, tenant: str, circuit: Circuit) -> None:
+    if circuit.state == "open":
+        log.warning("circuit of tenant %s on bridge %s is open for %.1fs after %d failures in a row (last: %s)",
+                    tenant, bridge, circuit.open_for, circuit.failures, circuit.reason)
+    else:
+        log.info("circuit of tenant %s on bridge %s is %s", tenant, bridge, circuit.state)
+
+
 class Orchestrator:
     """Pools, routing, resources and calls for every configured bridge.
 
@@ -111,7 +124,8 @@ class Orchestrator:
         self.registry = registry
         self.claims = claims
         self.exports = exports
-        self.listeners: tuple[Listener, ...] = (_log_event, *listeners)
+        self.listeners: tuple[Listener, ...] = (_log_event, self._on_worker_event, *listeners)
+        self.circuits = CircuitBreakers(self._circuit_settings, on_change=_log_circuit)
         self.probe: Probe = probe or NullProbe()
         self.runner = CallRunner(self.probe)
         self.pools: dict[str, Pool] = {}
@@ -119,6 +133,7 @@ class Orchestrator:
         self.started = time.time()
         self.calls_total = 0
         self.errors_total = 0
+        self.retries_total = 0
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -206,6 +221,35 @@ class Orchestrator:
                 return worker.handle.image_id or None
         return None
 
+    def _circuit_settings(self, bridge: str) -> CircuitSettings:
+        c = self.config.bridges[bridge].circuit
+        return CircuitSettings(c.failures, c.open_s, c.max_open_s)
+
+    def _on_worker_event(self, event: str, worker: Worker, extra: dict[str, Any]) -> None:
+        """A claimed worker's death counts against its tenant's circuit on that bridge."""
+        if event == "worker_kill" and worker.tenant:
+            self.circuits.failed(worker.bridge, worker.tenant, str(extra.get("reason") or extra.get("cause") or ""))
+
+    async def _retry(self, caller: Caller, pool: Pool, req: rpb.CallRequest, first: WorkerDied, started: float,
+                     timeout_s: float | None, resource: ResourceRecord | None = None) -> Reply:
+        """Run a retry-safe call once more, on a replacement worker (its resource re-created there), within
+        what is left of its deadline; the reply says so (``mlbridge-retried``: the first attempt's error)."""
+        left = self._timeout(pool, timeout_s) - (time.monotonic() - started)
+        if left <= 0.05:
+            raise first
+        log.warning("retrying call %s (%s) of tenant %s on a new worker: %s", req.call_id, req.command,
+                    caller.tenant, first.message)
+        self.retries_total += 1
+        if resource is not None:
+            pool, worker = await self._holder(caller, resource, left)
+        else:
+            worker = await self._acquire(caller, pool, left)
+        req.traceparent = ""
+        left = self._timeout(pool, timeout_s) - (time.monotonic() - started)
+        reply = await self._counted(caller, pool, self.runner.unary(caller.tenant, pool, worker, req, max(left, 0.05)))
+        reply.metadata[meta.RETRIED] = first.flat()[:300]
+        return reply
+
     def _max_workers(self, caller: Caller, pool: Pool) -> int:
         per = pool.cfg.workers_per_tenant
         return min(per, caller.max_workers) if caller.max_workers else per
@@ -216,11 +260,23 @@ class Orchestrator:
 
     async def _acquire(self, caller: Caller, pool: Pool, timeout_s: float | None = None) -> Worker:
         """One of the caller's workers; a worker new to the tenant first gets back what the tenant lost."""
+        probing = self.circuits.admit(pool.name, caller.tenant)
         token = self.probe.acquire_begin(pool.name)
         try:
             worker = await pool.acquire(caller.tenant, max_workers=self._max_workers(caller, pool))
             if not worker.restored:
                 await self._restore_lost(caller, pool, worker, timeout_s)
+        except MLBridgeError as exc:
+            if isinstance(exc, QuotaExceeded) or pool.closed:
+                if probing:
+                    self.circuits.released(pool.name, caller.tenant)
+            else:  # no worker could be started or handed over for this tenant
+                self.circuits.failed(pool.name, caller.tenant, f"no worker: {exc}")
+            raise
+        except BaseException:
+            if probing:
+                self.circuits.released(pool.name, caller.tenant)
+            raise
         finally:
             self.probe.acquire_end(token, pool.name)
         return worker
@@ -279,11 +335,12 @@ class Orchestrator:
                 "framework_version": reply.framework_version,
                 "commands": [
                     {"name": c.name, "description": c.description, "schema": loads_lenient(c.args_schema_json, {}),
-                     "streaming": c.streaming} for c in reply.commands
+                     "streaming": c.streaming, "retry_safe": c.retry_safe} for c in reply.commands
                 ],
                 "resource_types": [
                     {"name": t.name, "description": t.description,
-                     "schema": loads_lenient(t.config_schema_json, {}), "streaming": t.streaming}
+                     "schema": loads_lenient(t.config_schema_json, {}), "streaming": t.streaming,
+                     "retry_safe": t.retry_safe, "keeps_state": t.keeps_state}
                     for t in reply.resource_types
                 ],
                 "packages": dict(reply.packages),
@@ -323,9 +380,15 @@ class Orchestrator:
         """Run one namespaced command on one of the caller's workers of its bridge."""
         pool = self.pool(self.route_bridge(bridge, command))
         req = self._command_request(command, args_json, attachments, call_id)
+        started = time.monotonic()
         worker = await self._acquire(caller, pool, timeout_s)
-        reply = await self._counted(self.runner.unary(caller.tenant, pool, worker, req,
-                                                      self._timeout(pool, timeout_s)))
+        try:
+            reply = await self._counted(caller, pool, self.runner.unary(caller.tenant, pool, worker, req,
+                                                                        self._timeout(pool, timeout_s)))
+        except WorkerDied as exc:
+            if not pool.retry_safe(command):
+                raise
+            reply = await self._retry(caller, pool, req, exc, started, timeout_s)
         if reply.metadata:
             self._note_effects(caller, pool, command, args_json, reply)
             await self._import_exports(caller, worker, reply)
@@ -339,8 +402,8 @@ class Orchestrator:
         pool = self.pool(self.route_bridge(bridge, command))
         req = self._command_request(command, args_json, attachments, call_id)
         worker = await self._acquire(caller, pool, timeout_s)
-        async for kind, payload in self._counted_stream(self.runner.stream(caller.tenant, pool, worker, req,
-                                                                           self._timeout(pool, timeout_s))):
+        async for kind, payload in self._counted_stream(caller, pool, self.runner.stream(
+                caller.tenant, pool, worker, req, self._timeout(pool, timeout_s))):
             if kind == "final" and payload.metadata:
                 self._note_effects(caller, pool, command, args_json, payload)
                 await self._import_exports(caller, worker, payload)
@@ -397,13 +460,14 @@ class Orchestrator:
         req = self._request("common:create_resource", config_json, attachments, call_id, resource_id=rid,
                             resource_type=type_)
         req.resource_state_json = state
-        return await self._counted(self.runner.unary(caller.tenant, pool, worker, req, self._timeout(pool, timeout_s)))
+        return await self._counted(caller, pool, self.runner.unary(caller.tenant, pool, worker, req,
+                                                                   self._timeout(pool, timeout_s)))
 
     async def _holder(self, caller: Caller, rec: ResourceRecord, timeout_s: float | None) -> tuple[Pool, Worker]:
         """The worker holding a resource; re-created from its spec (and kept state) if that worker is gone."""
         pool = self.pool(rec.bridge)
         worker = pool.workers.get(rec.worker_id)
-        if worker is not None and worker.state == "ready" and worker.tenant == caller.tenant:
+        if worker is not None and worker.tenant == caller.tenant and pool.usable(worker):
             return pool, worker
         worker = await self._acquire(caller, pool, timeout_s)
         if rec.worker_id != worker.id and rec in self._lost(caller, pool):
@@ -417,9 +481,16 @@ class Orchestrator:
                                attachments: dict[str, bytes] | None = None, call_id: str = "",
                                timeout_s: float | None = None) -> Reply:
         rec = self.resource(caller, resource_id)
+        started = time.monotonic()
         pool, worker = await self._holder(caller, rec, timeout_s)
         req = self._request("common:execute_resource", inputs_json, attachments, call_id, resource=rec)
-        reply = await self._counted(self.runner.unary(caller.tenant, pool, worker, req, self._timeout(pool, timeout_s)))
+        try:
+            reply = await self._counted(caller, pool, self.runner.unary(caller.tenant, pool, worker, req,
+                                                                        self._timeout(pool, timeout_s)))
+        except WorkerDied as exc:
+            if not pool.retry_safe("common:execute_resource", rec.type):
+                raise
+            reply = await self._retry(caller, pool, req, exc, started, timeout_s, resource=rec)
         self._note_resources(caller, pool, reply)
         await self._import_exports(caller, worker, reply)
         return reply
@@ -430,7 +501,7 @@ class Orchestrator:
         rec = self.resource(caller, resource_id)
         pool, worker = await self._holder(caller, rec, timeout_s)
         req = self._request("common:execute_resource", inputs_json, attachments, call_id, resource=rec)
-        async for kind, payload in self._counted_stream(self.runner.stream(
+        async for kind, payload in self._counted_stream(caller, pool, self.runner.stream(
                 caller.tenant, pool, worker, req, self._timeout(pool, timeout_s))):
             if kind == "final":
                 self._note_resources(caller, pool, payload)
@@ -487,27 +558,47 @@ class Orchestrator:
             "uptime_ms": int((time.time() - self.started) * 1000),
             "calls_total": self.calls_total,
             "errors_total": self.errors_total,
+            "retries_total": self.retries_total,
             "in_flight": len(self.runner.inflight),
             "resources": self.registry.total(),
             "workers": workers,
             "bridges": {n: p.facts() for n, p in self.pools.items()},
+            "circuits": self.circuits.snapshot(),
         }
 
     # -- counting -------------------------------------------------------------------------
-    async def _counted(self, coro: Any) -> Reply:
+    async def _counted(self, caller: Caller, pool: Pool, coro: Any) -> Reply:
         self.calls_total += 1
         try:
             reply: Reply = await coro
-        except MLBridgeError:
+        except MLBridgeError as exc:
             self.errors_total += 1
+            self._settle(caller, pool, exc)
             raise
+        except BaseException:
+            self.circuits.released(pool.name, caller.tenant)
+            raise
+        self.circuits.succeeded(pool.name, caller.tenant)
         return reply
 
-    async def _counted_stream(self, gen: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    async def _counted_stream(self, caller: Caller, pool: Pool, gen: AsyncIterator[Event]) -> AsyncIterator[Event]:
         self.calls_total += 1
         try:
             async for ev in gen:
+                if ev[0] == "final":
+                    self.circuits.succeeded(pool.name, caller.tenant)
                 yield ev
-        except MLBridgeError:
+        except MLBridgeError as exc:
             self.errors_total += 1
+            self._settle(caller, pool, exc)
             raise
+        finally:
+            self.circuits.released(pool.name, caller.tenant)
+
+    def _settle(self, caller: Caller, pool: Pool, exc: MLBridgeError) -> None:
+        """A failed call and the tenant's circuit: a worker that died counts already (its death event);
+        any other error came from a worker that lived."""
+        if isinstance(exc, (WorkerDied, OutOfMemory)) or exc.details.get("worker_replaced") or isinstance(exc, DeadlineExceeded):
+            self.circuits.released(pool.name, caller.tenant)
+        else:
+            self.circuits.succeeded(pool.name, caller.tenant)

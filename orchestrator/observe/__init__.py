@@ -87,7 +87,7 @@ class Observability:
         """Read live state from ``service`` at scrape time, serve ``/metrics``, sample usage."""
         if self.registry is not None and self.config.metrics_listen:
             self.registry.register(LiveState(lambda: service.pools, service.backend.usage,
-                                             service.registry.by_bridge))
+                                             service.registry.by_bridge, service.circuits.snapshot))
             host, port = _host_port(self.config.metrics_listen)
             try:
                 self._http, self._http_thread = start_http_server(port, host, registry=self.registry)

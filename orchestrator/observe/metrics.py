@@ -155,10 +155,12 @@ class LiveState(Collector):
     """
 
     def __init__(self, pools: Callable[[], dict[str, Any]], usage: Callable[[Any], dict[str, int]],
-                 resources: Callable[[], dict[str, int]] | None = None) -> None:
+                 resources: Callable[[], dict[str, int]] | None = None,
+                 circuits: Callable[[], dict[str, dict[str, dict[str, Any]]]] | None = None) -> None:
         self.pools = pools
         self.usage = usage
         self.resources = resources
+        self.circuits = circuits
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -205,10 +207,18 @@ class LiveState(Collector):
             in_flight.add_metric([name], busy)
             failures.add_metric([name], facts["start_failures"])
         yield from (workers, target, up, in_flight, failures, memory, limit, cpu, pids)
+        if self.circuits is not None:
+            circuit = GaugeMetricFamily("mlbridge_circuit_open", "1 while a tenant's circuit on a bridge is open "
+                                        "(its calls refused), 0 while half-open or counting failures",
+                                        labels=["bridge", "tenant"])
+            for bridge, tenants in sorted(self.circuits().items()):
+                for tenant, facts in sorted(tenants.items()):
+                    circuit.add_metric([bridge, tenant], 1 if facts["state"] == "open" else 0)
+            yield circuit
         if self.resources is not None:
             res = GaugeMetricFamily("mlbridge_resources", "Resources held", labels=["bridge"])
-            for bridge, n in sorted(self.resources().items()):
-                res.add_metric([bridge], n)
+            for name, n in sorted(self.resources().items()):
+                res.add_metric([name], n)
             yield res
 
 

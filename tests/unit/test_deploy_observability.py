@@ -49,6 +49,8 @@ COUNTERS_AND_GAUGES = {
     "mlbridge_egress_decisions_total",
     "mlbridge_build_info",
     "mlbridge_resources",
+    "mlbridge_worker_start_failures_total",
+    "mlbridge_circuit_open",
     "up",
 }
 HISTOGRAMS = {
@@ -162,6 +164,7 @@ EXPECTED_ALERTS = {
     "MLBridgeNoSpares",
     "MLBridgeWorkerMemoryNearLimit",
     "MLBridgeGrpcServerErrors",
+    "MLBridgeCircuitOpen",
 }
 
 
@@ -186,8 +189,8 @@ def test_rules_use_only_exported_series(path: Path) -> None:
         assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown series {unknown}"
 
 
-def test_no_alert_on_circuit_breakers_yet() -> None:
-    assert "mlbridge_circuit_open" not in (PROM / "alerts.yml").read_text()
+def test_circuit_breakers_are_alerted_on() -> None:
+    assert "mlbridge_circuit_open" in (PROM / "alerts.yml").read_text()
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
