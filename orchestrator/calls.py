@@ -164,6 +164,18 @@ class CallRunner:
             finished = True
             error = await self._rpc_failure(fl, exc.code(), exc.details() or "", timeout)
             raise error from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the client went away
+            # Not this task's cancellation: the worker's channel was closed under the stream (it was retired).
+            finished = True
+            if fl.cancelled or fl.killed_for:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if fl.killed_for == "deadline" else grpc.StatusCode.CANCELLED
+                error = await self._rpc_failure(fl, code, "the worker was stopped", timeout)
+            else:
+                error = await self._dead_or_unavailable(fl, "its channel closed during the stream")
+            raise error from None
         except MLBridgeError as exc:
             error = exc
             raise
@@ -276,32 +288,52 @@ class CallRunner:
         return await self._dead_or_unavailable(fl, f"{code.name}: {details}")
 
     async def _dead_or_unavailable(self, fl: InFlight, what: str) -> MLBridgeError:
-        backend = fl.pool.backend
-        info = None
-        for _ in range(40):  # the backend may take a moment to see the exit
-            try:
-                info = await backend.exit_info(fl.worker.handle)
-            except MLBridgeError as err:  # the engine itself is gone (restarting): so is the worker
-                await fl.pool.retire(fl.worker, f"lost with its engine: {err.message}", cause="killed")
-                return WorkerDied(f"worker {fl.worker.id} of bridge {fl.pool.name!r} was lost during call "
-                                  f"{fl.call_id} ({what}) and its engine does not answer: {err.message}; "
-                                  f"it is being replaced", details={"engine": "unreachable"})
-            if info is not None:
-                break
-            await asyncio.sleep(0.05)
+        """The error for a call whose worker stopped answering: how the worker ended, looked up once per
+        worker (its other failing calls share the lookup); the worker takes no new call meanwhile and is
+        retired."""
+        worker = fl.worker
+        if worker.state == "dead" and worker.ending is None:  # retired while the call ran
+            return WorkerDied(f"worker {worker.id} of bridge {fl.pool.name!r} was stopped during call "
+                              f"{fl.call_id}: {worker.death or 'retired'}; it is being replaced")
+        if worker.state == "ready":
+            worker.state = "failing"  # new calls go to another worker while the backend answers
+        if worker.ending is None:
+            worker.ending = asyncio.ensure_future(self._how_it_ended(fl.pool, worker, what))
+        info = await asyncio.shield(worker.ending)
+        if isinstance(info, MLBridgeError):  # the engine did not answer
+            return WorkerDied(f"worker {worker.id} of bridge {fl.pool.name!r} was lost during call {fl.call_id} "
+                              f"({what}) and its engine does not answer: {info.message}; it is being replaced",
+                              details={"engine": "unreachable"})
         if info is None:
-            await fl.pool.retire(fl.worker, f"stopped answering: {what}", cause="unhealthy")
-            return WorkerDied(f"worker {fl.worker.id} stopped answering during call {fl.call_id} "
+            return WorkerDied(f"worker {worker.id} stopped answering during call {fl.call_id} "
                               f"({what}); it was killed and is being replaced")
-        if info.memory_limit is None:
-            info.memory_limit = fl.pool.cfg.limits.memory_bytes if fl.pool.backend.enforces_limits else None
-        await fl.pool.retire(fl.worker, info.describe(), cause=info.cause)
         cls = OutOfMemory if info.oom_killed else WorkerDied
-        return cls(f"worker {fl.worker.id} of bridge {fl.pool.name!r} {info.describe()} during call "
+        return cls(f"worker {worker.id} of bridge {fl.pool.name!r} {info.describe()} during call "
                    f"{fl.call_id}; it is being replaced",
                    details={"exit_code": info.exit_code, "oom_killed": info.oom_killed,
                             "memory_limit": info.memory_limit})
 
+    @staticmethod
+    async def _how_it_ended(pool: Pool, worker: Worker, what: str) -> Any:
+        """Ask the backend how ``worker`` ended (it may take a moment to see the exit), then retire it.
+        The ExitInfo; None when it still runs (it is killed); an MLBridgeError when the engine is gone."""
+        info = None
+        for _ in range(40):
+            try:
+                info = await pool.backend.exit_info(worker.handle)
+            except MLBridgeError as err:  # the engine itself is gone (restarting): so is the worker
+                await pool.retire(worker, f"lost with its engine: {err.message}", cause="killed")
+                return err
+            if info is not None:
+                break
+            await asyncio.sleep(0.05)
+        if info is None:
+            await pool.retire(worker, f"stopped answering: {what}")
+            return None
+        if info.memory_limit is None:
+            info.memory_limit = pool.cfg.limits.memory_bytes if pool.backend.enforces_limits else None
+        await pool.retire(worker, info.describe(), cause=info.cause)
+        return info
 
 def _strip(metadata: dict[str, str]) -> None:
     """Take out what the runtime told the orchestrator alone (its metrics, spans, tokens): reported, not passed on."""

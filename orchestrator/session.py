@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import grpc
 
@@ -31,6 +32,16 @@ class SessionBroken(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+
+    def again(self) -> SessionBroken:
+        """A fresh copy to raise (raising one instance again and again grows its traceback)."""
+        return SessionBroken(self.code, self.details)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    """Fail ``fut``; nobody may be waiting any more, so its exception counts as seen (no "never retrieved")."""
+    fut.set_exception(exc)
+    fut.exception()
 
 
 class Session:
@@ -48,7 +59,7 @@ class Session:
     async def request(self, req: rpb.CallRequest) -> rpb.CallReply:
         """Send one call and wait for its reply (the caller bounds the wait)."""
         if self._broken is not None:
-            raise self._broken
+            raise self._broken.again()
         fut: asyncio.Future[rpb.CallReply] = asyncio.get_running_loop().create_future()
         self._pending[req.call_id] = fut
         try:
@@ -59,7 +70,8 @@ class Session:
         except grpc.aio.AioRpcError as exc:
             raise SessionBroken(exc.code(), exc.details() or "") from None
         except asyncio.InvalidStateError:
-            raise self._broken or SessionBroken(grpc.StatusCode.UNAVAILABLE, "session closed") from None
+            raise (self._broken.again() if self._broken else
+                   SessionBroken(grpc.StatusCode.UNAVAILABLE, "session closed")) from None
         finally:
             self._pending.pop(req.call_id, None)
             if self._outbox and req in self._outbox:  # gave up before it was written: never send it
@@ -87,7 +99,7 @@ class Session:
             for queued in self._outbox:
                 waiting = self._pending.get(queued.call_id)
                 if waiting is not None and not waiting.done():
-                    waiting.set_exception(self._broken or failed)
+                    _fail(waiting, (self._broken or failed).again())
             self._outbox.clear()
             raise
         finally:
@@ -119,7 +131,7 @@ class Session:
         self._broken = broken
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(broken)
+                _fail(fut, broken.again())
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -151,7 +163,7 @@ class SessionGroup:
 
     async def request(self, req: rpb.CallRequest) -> rpb.CallReply:
         if all(s._broken is not None for s in self._sessions):
-            raise self._sessions[0]._broken  # type: ignore[misc]
+            raise self._sessions[0]._broken.again()  # type: ignore[union-attr]
         return await self._pick().request(req)
 
     async def close(self) -> None:

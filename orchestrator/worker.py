@@ -43,7 +43,9 @@ class Worker:
 
     handle: WorkerHandle
     max_message_bytes: int
-    state: str = "starting"  # starting, ready, draining (no new calls), dead
+    #: starting, ready, draining (no new calls; recycled or stopping), failing (a call saw it break: no new
+    #: calls while the backend says how it ended), dead
+    state: str = "starting"
     tenant: str = ""
     calls: int = 0
     errors: int = 0
@@ -61,6 +63,8 @@ class Worker:
     #: Whether the tenant's lost resources were re-created here (done once, on its first use).
     restored: bool = False
     restore_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: How it ended, looked up once however many of its calls failed (:mod:`orchestrator.calls`).
+    ending: asyncio.Future[Any] | None = None
     #: Told the reply metadata of the orchestrator's own calls (:meth:`call`): the bridge's metrics.
     on_metadata: Callable[[Worker, Mapping[str, str]], None] | None = None
     #: Usage figures already accounted (observability keeps them here between samples).

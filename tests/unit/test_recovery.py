@@ -130,3 +130,23 @@ def test_a_worker_is_recycled_after_max_calls_finishing_its_calls_and_keeping_st
             time.sleep(0.05)
         assert first.death.startswith("recycled: served")
         assert mb.stats()["bridges"]["mock"]["recycled"] == 1
+
+
+def test_a_stream_whose_worker_is_retired_gets_worker_died_at_once(srv: ServerThread) -> None:
+    pool = srv.orch.pools["mock"]
+    with MLBridge.connect(srv.target) as mb:
+        mb.call("mock", "mock:echo", {})
+        started = time.monotonic()
+
+        def stream() -> list[Any]:
+            return list(mb.call_stream("mock", "mock:stream", {"n": 3, "delay": 2}, timeout=20))
+
+        t, out = _in_thread(stream)
+        deadline = time.monotonic() + 10
+        while not (busy := [w for w in pool.workers.values() if w.in_flight]):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        srv.run(pool.retire(busy[0], "retired by the test"))
+        t.join(20)
+        assert isinstance(out[0], WorkerDied) and "retired by the test" in str(out[0]), out
+        assert time.monotonic() - started < 5
