@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from orchestrator.app import App
@@ -61,9 +61,13 @@ class PublicServer:
         self._health_task: asyncio.Task[None] | None = None
         self._bridge_status: dict[str, int] = {}
         servicer = MLBridgeServicer(app.gateway, app.authenticate, app.dspex)
-        add_service(servicer, services, mlbridge_pb2.DESCRIPTOR.services_by_name["MLBridge"], mlbridge_pb2)
+        self.refused = add_service(servicer, services, mlbridge_pb2.DESCRIPTOR.services_by_name["MLBridge"],
+                                   mlbridge_pb2)
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
+        # Through the same tolerant decoding: garbage to the health service is INVALID_ARGUMENT, counted, no traceback.
+        health_service: Any = health_pb2.DESCRIPTOR.services_by_name["Health"]
+        add_service(self.health, services, health_service, health_pb2,
+                    self.refused, guard=True)
         names = (
             mlbridge_pb2.DESCRIPTOR.services_by_name["MLBridge"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -121,3 +125,4 @@ class PublicServer:
                 await self._health_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.refused.flush()  # the last window's count of requests that did not parse

@@ -62,7 +62,7 @@ from typing import Any
 
 from runtimes.wire.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
 from runtimes.wire.metadata import DEPRECATED
-from runtimes.wire.payload import dumps, loads_lenient, parse_object
+from runtimes.wire.payload import check_payload, dumps, loads_lenient, parse_object
 
 from ..calls import Reply
 from ..edge import Gateway
@@ -153,6 +153,9 @@ class DSPexFacade:
         state.commands += 1
         call = _Call(self.gateway, caller, state, call_id, timeout_s)
         try:
+            # The rules every public payload keeps (no NaN, no lone surrogate, nesting): the legacy args come here
+            # straight from Call, not through the gateway's call.
+            check_payload(args_json, f"args of {command}")
             result, worker_id = await _HANDLERS[command](call, _parse(command, args_json))
         except Exception:
             state.errors += 1

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from runtimes.wire.errors import NotFound
+from runtimes.wire.errors import InvalidArgument, NotFound
 from runtimes.wire.payload import check_payload
 
 from ..calls import Reply
 from ..registry import ResourceRecord
 from ..service import Caller, Event, Orchestrator
+from ..usage import MAX_NAME_CHARS
 from .pipeline import Edge
 from .request import Request, code_hash, payload_size
 
@@ -82,6 +83,9 @@ class Gateway:
         """The orchestrator's figures; with usage accounting, the usage rows of ``usage_tenant`` (every tenant
         when empty) since ``usage_since`` (Unix seconds). A scoped caller sees only its own tenant's."""
         self.edge.check(Request(caller, "GetStats", "stats"))
+        if len(usage_tenant) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"usage_tenant is {len(usage_tenant)} characters; a tenant name has at most "
+                                  f"{MAX_NAME_CHARS}")
         out = self.service.stats(caller)
         if self.usage is not None:
             tenant = caller.tenant if self._scoped_stats else (usage_tenant or None)
@@ -132,7 +136,7 @@ class Gateway:
         if info is None:
             return False  # no such call of this caller: another tenant's looks the same
         bridge, command = info
-        check_payload(result_json, "the answer's result")
+        check_payload(result_json, "the answer's result", always=True)  # the worker's parse is not strict
         req = Request(caller, "Answer", "call", bridge=bridge, command=command,
                       payload_bytes=payload_size(result_json) + payload_size(error), call_id=call_id)
         return await self.edge.run(req, lambda r: self.service.answer(caller, call_id, request_id, result_json,

@@ -30,16 +30,38 @@ def _no_constant(name: str) -> Any:
     raise _Constant(name)
 
 
-def check_payload(text: str, what: str) -> None:
+class _OutOfRange(ValueError):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent as a float; one past the float range (``1e999``) is refused."""
+    value = float(text)
+    if value - value:  # inf - inf is NaN, which is true
+        raise _OutOfRange(text)
+    return value
+
+
+def _out_of_range(what: str, exc: _OutOfRange) -> InvalidArgument:
+    return InvalidArgument(f"{what} holds the number {exc.text}, which is beyond the range of a 64-bit float "
+                           "(about 1.8e308) and would become Infinity, which is not JSON; send it as a string")
+
+
+def check_payload(text: str, what: str, *, always: bool = False) -> None:
     """Refuse a request payload that JSON does not allow or that could not come back.
 
     Rules: no ``NaN`` / ``Infinity`` (not JSON, RFC 8259; accepted by
-    Python's parser, they would fail later on the way back), no lone UTF-16
-    surrogate (``"\\ud800"`` without its pair: such a string cannot be
+    Python's parser, they would fail later on the way back), no number
+    beyond the float range (``1e999``: it would become Infinity), no lone
+    UTF-16 surrogate (``"\\ud800"`` without its pair: such a string cannot be
     encoded as UTF-8), no nesting deeper than :data:`MAX_DEPTH`. A payload
     that shows none of the signs (the tokens, a ``\\ud`` escape, that many
     brackets) is not parsed here at all, so the common case costs a few
-    substring searches.
+    substring searches; a number beyond the float range is then refused by
+    the worker's parse (:func:`parse_object`). ``always`` parses whatever the
+    signs, for payloads no worker parses strictly (answers).
 
     Raises:
         InvalidArgument: naming the rule ``what`` broke.
@@ -49,13 +71,15 @@ def check_payload(text: str, what: str) -> None:
     deep = text.count("[") + text.count("{") > MAX_DEPTH
     constants = "NaN" in text or "Infinity" in text
     surrogates = "\\ud" in text or "\\uD" in text
-    if not (deep or constants or surrogates):
+    if not (deep or constants or surrogates or always):
         return
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except _Constant as exc:
         raise InvalidArgument(f"{what} holds {exc.name}, which is not JSON (RFC 8259); send a number, a string "
                               "or null") from None
+    except _OutOfRange as exc:
+        raise _out_of_range(what, exc) from None
     except RecursionError:
         raise InvalidArgument(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
@@ -92,12 +116,15 @@ def parse_object(data: str | bytes, what: str = "args") -> dict[str, Any]:
     """Parse JSON that must hold an object; empty means ``{}``.
 
     Raises:
-        InvalidArgument: not JSON, or not an object; the message says which.
+        InvalidArgument: not JSON, not an object, or holding a number beyond the float range; the message
+            says which.
     """
     if not data:
         return {}
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_float=_finite)
+    except _OutOfRange as exc:
+        raise _out_of_range(what, exc) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
@@ -114,7 +141,9 @@ def loads_strict(data: str | bytes, what: str) -> Any:
         InvalidArgument: not valid JSON; ``what`` names it.
     """
     try:
-        return json.loads(data)
+        return json.loads(data, parse_float=_finite)
+    except _OutOfRange as exc:
+        raise _out_of_range(what, exc) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
