@@ -36,7 +36,7 @@ from orchestrator.backends.base import WorkerHandle, WorkerSpec
 from orchestrator.backends.docker import DockerBackend
 from orchestrator.claims import NO_SETTINGS, ClaimPipeline
 from orchestrator.config import BridgeConfig, Config
-from orchestrator.images import verify_image
+from orchestrator.images import image_tag, verify_image
 from orchestrator.pool import Pool
 from orchestrator.registry import Registry
 from runtimes.wire.errors import ConfigError, Unavailable
@@ -512,14 +512,15 @@ def test_reap_removes_other_orchestrators_containers(workers: Workers, client: d
     listed = workers.run(workers.backend.list({"io.mlbridge.bridge": "mock"}))
     assert {row["id"] for row in listed} == {old.ref, ours.ref}
 
-    removed = workers.run(workers.backend.reap(workers.orchestrator_id))
+    # (stale_s=inf: only this scope; other scopes' long-ended containers are the next test's)
+    removed = workers.run(workers.backend.reap(workers.orchestrator_id, stale_s=float("inf")))
     assert removed == 1
     with pytest.raises(docker.errors.NotFound):
         client.api.inspect_container(old.ref)
     assert client.api.inspect_container(ours.ref)["State"]["Running"]
     listed = workers.run(workers.backend.list({}))
     assert [row["id"] for row in listed] == [ours.ref]
-    assert workers.run(workers.backend.reap(workers.orchestrator_id)) == 0
+    assert workers.run(workers.backend.reap(workers.orchestrator_id, stale_s=float("inf"))) == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -625,3 +626,29 @@ def test_a_pool_claim_takes_a_held_worker_and_lowers_its_cpu_limit(workers: Work
     nano, tenant = workers.run(scenario())
     assert tenant == "alice"
     assert nano == 500_000_000, "the worker kept its start-up CPU boost after it was ready"
+
+
+def test_reap_removes_long_ended_workers_of_dead_owners_in_any_scope(workers: Workers,
+                                                                     client: docker.DockerClient) -> None:
+    """A worker whose orchestrator died on another state directory ended by its dead man's switch and was never
+    removed: any orchestrator on the engine removes it. A running one of another scope is left alone."""
+    other = f"test-{uuid.uuid4().hex[:10]}"
+    labels = {"io.mlbridge.orchestrator": "dead-owner", "io.mlbridge.scope": other, "io.mlbridge.worker": "orphan",
+              "io.mlbridge.bridge": "mock"}
+    image = image_tag("mock")
+    ended = client.containers.run(image, entrypoint=["true"], labels=labels, detach=True, network_mode="none")
+    running = client.containers.run(image, entrypoint=["sleep", "60"], labels={**labels, "io.mlbridge.worker": "live"},
+                                    detach=True, network_mode="none")
+    try:
+        ended.wait(timeout=30)
+        workers.run(workers.backend.reap(workers.orchestrator_id))
+        ended.reload()  # it ended moments ago: still there
+        assert workers.run(workers.backend.reap(workers.orchestrator_id, stale_s=0)) >= 1
+        with pytest.raises(docker.errors.NotFound):
+            ended.reload()
+        running.reload()
+        assert running.status == "running"  # another scope's live worker: its owner may be alive
+    finally:
+        for c in (ended, running):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)

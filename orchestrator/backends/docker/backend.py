@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import logging
 import math
@@ -70,6 +71,8 @@ log = logging.getLogger("mlbridge.backend.docker")
 T = TypeVar("T")
 
 ORCHESTRATOR_LABEL = f"{LABEL_PREFIX}orchestrator"
+#: Another orchestrator's container that ended this long ago is an orphan: its owner would have removed it.
+STALE_ORPHAN_S = 120.0
 SCOPE_LABEL = f"{LABEL_PREFIX}scope"
 # How many ended containers' exit infos are kept for exit_info() after stop() removed them.
 _REMEMBER = 4096
@@ -490,8 +493,10 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
         """mlbridge containers (running or not) whose labels include ``labels``."""
         return await self._run(self._containers, labels)
 
-    def _reap_sync(self, keep: str) -> int:
+    def _reap_sync(self, keep: str, stale_s: float = STALE_ORPHAN_S) -> int:
         removed = 0
+        if self._scope_labels:
+            removed += self._reap_stale_elsewhere(keep, stale_s)
         for row in self._containers({}):
             owner = row["labels"].get(ORCHESTRATOR_LABEL, "")
             if owner == keep:
@@ -504,14 +509,38 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
                 log.error("could not reap container %s: %s", row["id"][:12], exc)
         return removed
 
-    async def reap(self, keep_orchestrator_id: str) -> int:
-        """Remove every mlbridge container (of this scope) whose orchestrator is not ``keep_orchestrator_id``.
+    def _reap_stale_elsewhere(self, keep: str, stale_s: float) -> int:
+        """Remove other scopes' mlbridge containers that ended over ``stale_s`` ago: their owner is gone
+        (a live orchestrator removes its workers as they end), whichever state directory it used."""
+        removed = 0
+        now = time.time()
+        for r in self.engine.containers([ORCHESTRATOR_LABEL]):
+            labels = r.get("Labels") or {}
+            if labels.get(ORCHESTRATOR_LABEL) == keep or r.get("State") not in ("exited", "dead", "created"):
+                continue
+            info = self.engine.inspect(r["Id"]) or {}
+            state = info.get("State") or {}
+            ended = _parse_time(str(state.get("FinishedAt") or "")) or _parse_time(str(info.get("Created") or ""))
+            if ended is None or now - ended < stale_s:
+                continue
+            log.warning("reaping container %s (bridge %s) of orchestrator %s: it ended %.0f s ago and nobody "
+                        "removed it", r["Id"][:12], labels.get(f"{LABEL_PREFIX}bridge", "?"),
+                        labels.get(ORCHESTRATOR_LABEL, "?"), now - ended)
+            try:
+                removed += self.engine.remove(r["Id"])
+            except Unavailable as exc:
+                log.error("could not reap container %s: %s", r["Id"][:12], exc)
+        return removed
+
+    async def reap(self, keep_orchestrator_id: str, *, stale_s: float = STALE_ORPHAN_S) -> int:
+        """Remove every mlbridge container (of this scope) whose orchestrator is not ``keep_orchestrator_id``,
+        and any other scope's that ended over ``stale_s`` seconds ago (its owner is dead).
 
         Meant for start-up, after an earlier orchestrator was killed: without a
         ``scope`` it also removes the containers of any other orchestrator
         running on the same engine.
         """
-        return await self._run(self._reap_sync, keep_orchestrator_id)
+        return await self._run(self._reap_sync, keep_orchestrator_id, stale_s)
 
     def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """Last ``lines`` of the container's output (a blocking call: error paths only)."""
@@ -527,3 +556,14 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
         if self._mounts is not None:
             self._mounts.close()
         self.sockets.close()  # also directories of workers removed behind the backend's back
+
+
+def _parse_time(text: str) -> float | None:
+    """Unix time of the engine's RFC 3339 timestamp (nanoseconds cut); None for none or the zero time."""
+    if not text or text.startswith("0001-"):
+        return None
+    base = text.rstrip("Z").split(".")[0]
+    try:
+        return float(datetime.datetime.fromisoformat(base).replace(tzinfo=datetime.UTC).timestamp())
+    except ValueError:
+        return None
