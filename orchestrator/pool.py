@@ -198,6 +198,11 @@ class Pool:
         await asyncio.gather(*(self._destroy(w, "orchestrator stopping", kill=False, cause="shutdown") for w in list(self.workers.values())),
                              return_exceptions=True)
 
+    def _places_taken(self) -> int:
+        """Workers counted against ``max_workers``: a failing one (its end being looked up, its retirement
+        under way) no longer takes a place."""
+        return sum(1 for w in self.workers.values() if w.state != "failing")
+
     def _spec(self, *, hold: bool = False) -> WorkerSpec:
         return WorkerSpec(worker_id=f"{self.name}-{uuid.uuid4().hex[:10]}", bridge=self.name, config=self.cfg,
                           orchestrator_id=self.orchestrator_id, max_message_bytes=self.max_message_bytes,
@@ -208,7 +213,7 @@ class Pool:
                              details={"quota": "max_workers", "limit": self.cfg.max_workers})
 
     async def _start_worker(self, reason: str) -> Worker:
-        if len(self.workers) + self._starting >= self.cfg.max_workers:
+        if self._places_taken() + self._starting >= self.cfg.max_workers:
             raise self._at_capacity()
         self._starting += 1
         try:
@@ -367,7 +372,7 @@ class Pool:
             return
         waiting = sum(1 for f in self._waiters if not f.done())
         missing = self.spare_target() + waiting - len(self._spares) - self._spare_starts
-        room = self.cfg.max_workers - len(self.workers) - self._starting  # spares count as workers
+        room = self.cfg.max_workers - self._places_taken() - self._starting  # spares count as workers
         for _ in range(max(0, min(missing, room, MAX_PARALLEL_STARTS - self._spare_starts))):
             self._spare_starts += 1
             self._spawn(self._refill_one(), "start a worker")

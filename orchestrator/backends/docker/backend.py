@@ -326,9 +326,12 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
             info = exit_info_from_state(state, memory, self._stopped.get(cid))
             unexplained_kill = (info is not None and info.exit_code == 137 and not info.oom_killed
                                 and cid not in self._stopped)
-            if unexplained_kill and self._kernel_oom.saw_oom(cid):
+            kernel = self._kernel_oom.saw_oom(cid) if unexplained_kill else None
+            if kernel:
                 return exit_info_from_state(state, memory, None, kernel_oom=True)
-            if not unexplained_kill or time.monotonic() >= settle:
+            # The kernel logs an OOM kill before the victim dies: where its log is readable and has
+            # none for this container, the kill was not for memory and there is nothing to wait for.
+            if not unexplained_kill or kernel is False or time.monotonic() >= settle:
                 return info
             time.sleep(0.1)
 
