@@ -132,8 +132,15 @@ class CallRunner:
         except MLBridgeError as exc:
             self.probe.runtime_end(token, pool.name, tenant, req.command, None, exc)
             raise
-        assert worker.stub is not None
-        call = worker.stub.CallStream(req, timeout=timeout + pool.cfg.cancel_grace_s)
+        try:
+            if worker.stub is None or worker.channel is None:
+                raise ConnectionError("the channel is closed")
+            call = worker.stub.CallStream(req, timeout=timeout + pool.cfg.cancel_grace_s)
+        except Exception:  # noqa: BLE001 - the channel closed under it: the worker was retired just now
+            failure = await self._dead_or_unavailable(fl, "its channel is closed")
+            self._end(fl)
+            self.probe.runtime_end(token, pool.name, tenant, req.command, None, failure)
+            raise failure from None
         finished = False
         open_: InFlight | None = fl  # until ended and reported
         try:
@@ -199,7 +206,7 @@ class CallRunner:
             InvalidArgument: the runtime found the answer malformed (not JSON).
         """
         fl = self.call_of(tenant, call_id)
-        if fl is None or fl.worker.stub is None:
+        if fl is None or fl.worker.stub is None or fl.worker.channel is None:
             return False
         try:
             reply = await fl.worker.stub.Answer(common.AnswerRequest(
@@ -207,6 +214,8 @@ class CallRunner:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(exc.details() or "malformed answer") from None
+            return False
+        except Exception:  # noqa: BLE001 - the channel closed under it: the worker is gone, nothing waits
             return False
         return bool(reply.found)
 
@@ -217,8 +226,8 @@ class CallRunner:
         if fl is None or fl.tenant != tenant:
             return False
         fl.cancelled = True
-        if fl.worker.stub is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
+        if fl.worker.stub is not None and fl.worker.channel is not None:
+            with contextlib.suppress(Exception):  # an RPC error, or the channel closed under it
                 await fl.worker.stub.Cancel(rpb.CancelRequest(call_id=call_id), timeout=2)
         self._watch(fl, fl.pool.cfg.cancel_grace_s, "cancel")
         return True
@@ -231,7 +240,7 @@ class CallRunner:
             if stub is None:
                 return
             request = rpb.CancelRequest(call_id=fl.call_id)
-            with contextlib.suppress(grpc.aio.AioRpcError):
+            with contextlib.suppress(Exception):  # an RPC error, or the channel closed under it
                 if not (await stub.Cancel(request, timeout=2)).found:
                     return
                 # The runtime gives a cancelled handler STOP_GRACE_S (1 s) before it gives up on it.
