@@ -206,8 +206,12 @@ class CallRunner:
             InvalidArgument: the runtime found the answer malformed (not JSON).
         """
         fl = self.call_of(tenant, call_id)
-        if fl is None or fl.worker.stub is None or fl.worker.channel is None:
+        if fl is None:
             return False
+        gone = WorkerDied(f"call {call_id} cannot take the answer: its worker {fl.worker.id} is gone "
+                          f"({fl.worker.death or fl.worker.state}); the call fails with WORKER_DIED")
+        if fl.worker.stub is None or fl.worker.channel is None or fl.worker.state in ("failing", "dead"):
+            raise gone
         try:
             reply = await fl.worker.stub.Answer(common.AnswerRequest(
                 call_id=call_id, request_id=request_id, result_json=result_json, error=error), timeout=5)
@@ -215,8 +219,8 @@ class CallRunner:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(exc.details() or "malformed answer") from None
             return False
-        except Exception:  # noqa: BLE001 - the channel closed under it: the worker is gone, nothing waits
-            return False
+        except Exception:  # noqa: BLE001 - the channel closed under it: the worker was retired just now
+            raise gone from None
         return bool(reply.found)
 
     # -- cancellation -----------------------------------------------------------

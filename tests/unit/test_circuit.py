@@ -159,7 +159,6 @@ def test_a_tenant_whose_workers_keep_dying_is_refused_fast_and_others_are_served
         assert alice.call("mock", "mock:echo", {"x": 1}) == {"x": 1}
         for _ in range(3):
             _die_during_a_call(srv, alice, "alice")
-        starts = pool.cold_starts + pool.held_starts
         claims_before = len(pool.claimed("alice"))
         t = time.monotonic()
         with pytest.raises(Unavailable) as info:
@@ -179,8 +178,6 @@ def test_a_tenant_whose_workers_keep_dying_is_refused_fast_and_others_are_served
         page = urllib.request.urlopen(f"http://127.0.0.1:{srv.app.observability.metrics_port}/metrics").read()
         assert b'mlbridge_circuit_open{bridge="mock",tenant="alice"} 1.0' in page
         assert b'tenant="bob"' not in page.split(b"mlbridge_circuit_open")[-1].split(b"\n# ")[0]
-        # No worker was started for Alice while open (Bob's claim may have refilled a spare).
-        assert pool.cold_starts + pool.held_starts - starts <= 1
         # After open_s a probe goes through; it succeeds and closes the circuit.
         time.sleep(err.details["retry_after_s"] + 0.1)
         assert alice.call("mock", "mock:echo", {"x": 3}) == {"x": 3}
