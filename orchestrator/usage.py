@@ -11,10 +11,11 @@ and the not-yet-written figures.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,26 +136,35 @@ class UsageBook:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise self._db_error(exc) from None
+        with self._transaction(db):
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = row[0] if row else None
+            if version is not None and (not isinstance(version, int) or version > SCHEMA_VERSION):
+                raise ConfigError(
+                    f"usage database {self.path} has schema version {version}, newer than this mlbridge "
+                    f"understands ({SCHEMA_VERSION}); run the mlbridge that wrote it, or move the file "
+                    "away to start a new one")
+            self._create(db)
+            if version is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            row = db.execute("SELECT value FROM settings WHERE key = 'bucket_s'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO settings (key, value) VALUES ('bucket_s', ?)", (str(self.bucket_s),))
+            elif row[0] != str(self.bucket_s):
+                raise ConfigError(
+                    f"usage database {self.path} was written with bucket_s={row[0]}, not {self.bucket_s}; "
+                    f"open it with bucket_s={row[0]}, or move the file away to start a new one")
+
+    @contextlib.contextmanager
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
+        """One write transaction: committed, or rolled back on any error; a database error names the file."""
+        try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-                row = db.execute("SELECT max(version) FROM schema_version").fetchone()
-                version = row[0] if row else None
-                if version is not None and (not isinstance(version, int) or version > SCHEMA_VERSION):
-                    raise ConfigError(
-                        f"usage database {self.path} has schema version {version}, newer than this mlbridge "
-                        f"understands ({SCHEMA_VERSION}); run the mlbridge that wrote it, or move the file "
-                        "away to start a new one")
-                self._create(db)
-                if version is None:
-                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                row = db.execute("SELECT value FROM settings WHERE key = 'bucket_s'").fetchone()
-                if row is None:
-                    db.execute("INSERT INTO settings (key, value) VALUES ('bucket_s', ?)", (str(self.bucket_s),))
-                elif row[0] != str(self.bucket_s):
-                    raise ConfigError(
-                        f"usage database {self.path} was written with bucket_s={row[0]}, not {self.bucket_s}; "
-                        f"open it with bucket_s={row[0]}, or move the file away to start a new one")
+                yield
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -241,17 +251,8 @@ class UsageBook:
         if not self._pending:
             return
         rows = [(t, b, start, *figures) for (t, b, start), figures in self._pending.items()]
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(_UPSERT, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as exc:
-            raise self._db_error(exc) from None
+        with self._transaction(db):
+            db.executemany(_UPSERT, rows)
         self._pending.clear()
 
     def close(self) -> None:
