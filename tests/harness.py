@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import threading
@@ -20,6 +21,11 @@ from runtimes.core import Bridge, ModelGrant
 from runtimes.core.dispatch import Dispatcher
 
 CI = os.environ.get("CI", "").lower() == "true"
+
+
+def digest(token: str) -> str:
+    """A token as a policy file stores it (``sha256:<hex>``)."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def make_config(tmp: Path, bridges: dict[str, Any] | None = None, **fields: Any) -> Config:

@@ -13,7 +13,6 @@ the workers' own addresses).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import docker
 import pytest
 
 from orchestrator import MLBridge
-from tests.harness import ServerThread, make_config
+from tests.harness import ServerThread, digest, make_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -124,10 +123,6 @@ class Listener:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def digest(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def write_policy(path: Path, allowed: str) -> Path:

@@ -8,7 +8,6 @@ and back to SERVING when it returns, while the other bridges stay SERVING.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -29,13 +28,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from orchestrator import MLBridge
 from orchestrator.images import image_tag
 from runtimes.wire.errors import MLBridgeError
-from tests.harness import CI, ServerThread, make_config
+from tests.harness import CI, ServerThread, digest, make_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-def digest(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 POLICY = f"""

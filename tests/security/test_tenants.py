@@ -9,7 +9,6 @@ worker sees none of it, and Bob's file commands cannot reach her files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from runtimes.wire.errors import NotFound
+from tests.harness import digest
 
 from .conftest import Sandbox, attack_server
 
@@ -26,10 +26,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(180)]
 
 ALICE_TOKEN = f"alice-{uuid.uuid4().hex}"
 BOB_TOKEN = f"bob-{uuid.uuid4().hex}"
-
-
-def digest(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 POLICY = f"""

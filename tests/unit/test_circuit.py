@@ -3,7 +3,6 @@ keep dying while another tenant is served."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import signal
@@ -19,7 +18,7 @@ from orchestrator import MLBridge
 from orchestrator.circuit import CircuitBreakers, CircuitSettings
 from orchestrator.cli import main as cli_main
 from runtimes.wire.errors import Unavailable, WorkerDied
-from tests.harness import ServerThread, make_config
+from tests.harness import ServerThread, digest, make_config
 
 
 class Clock:
@@ -98,10 +97,6 @@ def test_failures_zero_turns_circuits_off() -> None:
     for _ in range(10):
         cb.failed("b", "t", "x")
     assert cb.admit("b", "t") is False
-
-
-def digest(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 POLICY = f"""

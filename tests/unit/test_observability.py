@@ -7,7 +7,6 @@ in-memory exporter.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -36,12 +35,7 @@ from orchestrator.observe.tracing import parse_traceparent
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
 from runtimes.wire.errors import FrameworkError, PermissionDenied, Unauthenticated
-from tests.harness import ServerThread, make_config
-
-
-def digest(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-
+from tests.harness import ServerThread, digest, make_config
 
 POLICY = f"""
 version: 1

@@ -18,13 +18,9 @@ from orchestrator.audit import verify_file
 from orchestrator.proto import mlbridge_pb2 as pb
 from orchestrator.proto import mlbridge_pb2_grpc as pb_grpc
 from runtimes.wire.errors import DeadlineExceeded
-from tests.harness import ServerThread, make_config
+from tests.harness import ServerThread, digest, make_config
 
 SECRET = "s3cr3t-value-for-alice-7f3a9"
-
-
-def digest(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 POLICY = f"""
