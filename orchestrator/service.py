@@ -365,9 +365,9 @@ class Orchestrator:
     def _command_request(self, command: str, args_json: str, attachments: dict[str, bytes] | None,
                          call_id: str) -> rpb.CallRequest:
         if ":" not in command:
-            raise UnknownCommand(
-                f"command {command!r} is not of the form 'namespace:operation'; namespaces: "
-                f"{', '.join(['common', *sorted(self.pools)])}"
+            raise UnknownCommand(  # "Unknown command: " is DSPex's wording, which its Elixir side matches on
+                f"Unknown command: {command} (commands are 'namespace:operation'; namespaces: "
+                f"{', '.join(['common', *sorted(self.pools)])})"
             )
         if command in _RESOURCE_COMMANDS:
             raise InvalidArgument(f"{command} is reached through the CreateResource, ExecuteResource and "

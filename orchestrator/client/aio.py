@@ -76,9 +76,11 @@ class AsyncMLBridge:
         return c.result(await self._unary(self._stub.ExecuteResource, req, timeout)).result
 
     def stream_resource(self, resource_id: str, inputs: dict[str, Any] | None = None, *,
-                        call_id: str | None = None, timeout: float | None = None) -> AsyncIterator[c.Event]:
+                        attachments: dict[str, bytes] | None = None, call_id: str | None = None,
+                        timeout: float | None = None) -> AsyncIterator[c.Event]:
         req = pb.ExecuteResourceRequest(resource_id=resource_id, inputs_json=c.dumps(inputs, "inputs"),
-                                        call_id=c.call_id(call_id), timeout_ms=c.timeout_ms(timeout))
+                                        attachments=attachments or {}, call_id=c.call_id(call_id),
+                                        timeout_ms=c.timeout_ms(timeout))
         return self._stream(self._stub.ExecuteResourceStream, req, timeout)
 
     async def list_resources(self, bridge: str | None = None, type: str | None = None) -> list[dict[str, Any]]:
@@ -99,9 +101,11 @@ class AsyncMLBridge:
         return c.result(await self._unary(self._stub.Call, req, timeout)).result
 
     def call_stream(self, bridge: str, command: str, args: dict[str, Any] | None = None, *,
-                    call_id: str | None = None, timeout: float | None = None) -> AsyncIterator[c.Event]:
+                    attachments: dict[str, bytes] | None = None, call_id: str | None = None,
+                    timeout: float | None = None) -> AsyncIterator[c.Event]:
         req = pb.CallRequest(bridge=bridge, command=command, args_json=c.dumps(args, "args"),
-                             call_id=c.call_id(call_id), timeout_ms=c.timeout_ms(timeout))
+                             attachments=attachments or {}, call_id=c.call_id(call_id),
+                             timeout_ms=c.timeout_ms(timeout))
         return self._stream(self._stub.CallStream, req, timeout)
 
     async def cancel(self, call_id: str) -> bool:

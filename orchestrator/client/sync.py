@@ -111,10 +111,12 @@ class MLBridge:
         return c.result(self._unary(self._stub.ExecuteResource, req, timeout))
 
     def stream_resource(self, resource_id: str, inputs: dict[str, Any] | None = None, *,
-                        call_id: str | None = None, timeout: float | None = None) -> Iterator[c.Event]:
+                        attachments: dict[str, bytes] | None = None, call_id: str | None = None,
+                        timeout: float | None = None) -> Iterator[c.Event]:
         """Run a resource, yielding chunk and progress events, then one result event."""
         req = pb.ExecuteResourceRequest(resource_id=resource_id, inputs_json=c.dumps(inputs, "inputs"),
-                                        call_id=c.call_id(call_id), timeout_ms=c.timeout_ms(timeout))
+                                        attachments=attachments or {}, call_id=c.call_id(call_id),
+                                        timeout_ms=c.timeout_ms(timeout))
         return self._stream(self._stub.ExecuteResourceStream, req, timeout)
 
     def list_resources(self, bridge: str | None = None, type: str | None = None) -> list[dict[str, Any]]:
@@ -139,9 +141,11 @@ class MLBridge:
         return c.result(self._unary(self._stub.Call, req, timeout), stacklevel=4)
 
     def call_stream(self, bridge: str, command: str, args: dict[str, Any] | None = None, *,
-                    call_id: str | None = None, timeout: float | None = None) -> Iterator[c.Event]:
+                    attachments: dict[str, bytes] | None = None, call_id: str | None = None,
+                    timeout: float | None = None) -> Iterator[c.Event]:
         req = pb.CallRequest(bridge=bridge, command=command, args_json=c.dumps(args, "args"),
-                             call_id=c.call_id(call_id), timeout_ms=c.timeout_ms(timeout))
+                             attachments=attachments or {}, call_id=c.call_id(call_id),
+                             timeout_ms=c.timeout_ms(timeout))
         return self._stream(self._stub.CallStream, req, timeout)
 
     def cancel(self, call_id: str) -> bool:

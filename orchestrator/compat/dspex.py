@@ -41,26 +41,55 @@ call ``configure_lm`` again (the error says so). Without ``api_key`` the
 provider's conventional tenant secret is used (``GEMINI_API_KEY`` for the
 default provider ``google``), which is what DSPex's ``required_env`` was for.
 
+Sessions, as DSPex's pool workers kept them: ``create_program``,
+``execute_program``, ``get_program_info`` and ``delete_program`` take an
+optional ``session_id``; a session's program is the resource
+``sess:<session>:<program id>``, so two sessions may each have a program
+``p1``, and ``list_programs`` with a ``session_id`` lists that session's.
+
+- ``cleanup_session``: ``{status: "cleaned", session_id, programs_removed}``,
+  or ``{status: "not_found", session_id}``
+- ``update_session_data {session_id, data}``: merges ``data`` (a key set to
+  null is removed): ``{status: "updated", session_id, keys}``
+- ``get_session_data {session_id, key?}``: ``{session_id, data}`` or
+  ``{session_id, key, value}``; an unknown session is NOT_FOUND
+
+The policy decides on the session data commands as on a Call of
+``dspy:cleanup_session``, ``dspy:get_session_data`` or
+``dspy:update_session_data``. Session data is kept per tenant in the orchestrator's memory (at most
+:data:`MAX_SESSIONS` sessions of :data:`MAX_SESSION_BYTES` each), as DSPex
+kept it in its bridge process: it does not survive a restart.
+Errors keep DSPex's wording where its Elixir side matched on it: ``Program
+not found: ID``, ``Program with ID 'ID' already exists``.
+
 Deliberate differences from DSPex, each turning a silent surprise into an
 error: failures are errors (DSPex's ``configure_lm`` returned
 ``{"error": ...}`` as a success); an unknown ``program_type`` is refused
 (DSPex built a ``Predict`` whatever it said); a signature that does not build
 is refused (DSPex fell back to ``question -> answer``); field names must be
 Python identifiers (DSPex rewrote them). As in DSPex, field ``type`` keys are
-ignored and outputs are strings. ``create_gemini_program``,
-``execute_gemini_program``, ``cleanup_session`` and ``shutdown`` are not
-served.
+ignored and outputs are strings. ``create_gemini_program`` and
+``execute_gemini_program`` are not served; ``shutdown`` is the port's own
+(``mlbridge port``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtimes.wire.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
+from runtimes.wire.errors import (
+    AlreadyExists,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+)
 from runtimes.wire.metadata import DEPRECATED
 from runtimes.wire.payload import check_payload, dumps, loads_lenient, parse_object
 
@@ -94,8 +123,18 @@ DEPRECATIONS: dict[str, str] = {
     "cleanup": "cleanup is deprecated; use DeleteResource for each resource from ListResources(bridge='dspy')",
     "reset_state": "reset_state is deprecated; use DeleteResource for each resource from "
                    "ListResources(bridge='dspy')",
+    "cleanup_session": "cleanup_session is deprecated; use DeleteResource for each of the session's resources",
+    "get_session_data": "get_session_data is deprecated; use your application's own store for session data",
+    "update_session_data": "update_session_data is deprecated; use your application's own store for session data",
 }
 LEGACY_COMMANDS = frozenset(DEPRECATIONS)
+
+# A session's program is the resource "sess:<session id>:<program id>"; session ids hold no ":".
+SESSION_PREFIX = "sess:"
+_SESSION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Sessions holding data per tenant, and the JSON size of one session's data.
+MAX_SESSIONS = 10_000
+MAX_SESSION_BYTES = 1024 * 1024
 
 # DSPex program_type -> DSPy module (DSPex only ever built Predict).
 _MODULES = {"predict": "Predict", "chain_of_thought": "ChainOfThought", "chainofthought": "ChainOfThought",
@@ -118,11 +157,12 @@ class _ProgramStats:
 
 @dataclass
 class _TenantState:
-    """What DSPex counted and the orchestrator does not: per tenant, in memory."""
+    """What DSPex counted and kept and the orchestrator does not: per tenant, in memory."""
 
     commands: int = 0
     errors: int = 0
-    programs: dict[str, _ProgramStats] = field(default_factory=dict)
+    programs: dict[str, _ProgramStats] = field(default_factory=dict)  # by resource id
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)  # session id -> its data
 
 
 class DSPexFacade:
@@ -170,6 +210,10 @@ class _Call:
     state: _TenantState
     call_id: str
     timeout_s: float | None
+
+    async def local(self, command: str, args: dict[str, Any], op: Callable[[], Awaitable[dict[str, Any]]]) -> Result:
+        """A command the facade answers itself, authorised and audited as a Call of ``dspy:<command>``."""
+        return await self.api.local(self.caller, BRIDGE, f"{BRIDGE}:{command}", dumps(args), op), ""
 
     async def command(self, command: str, args: dict[str, Any], *, main: bool = False,
                       attachments: dict[str, bytes] | None = None) -> Reply:
@@ -232,23 +276,27 @@ async def _create_program(c: _Call, args: dict[str, Any]) -> Result:
         raise InvalidArgument(f"create_program: program_type {program_type!r} is not supported; "
                               f"types: {', '.join(_MODULES)}")
     config = {"signature": _signature(signature_def), "module": module}
-    rid, _ = await c.api.create_resource(c.caller, BRIDGE, "program", dumps(config), resource_id=pid,
+    session = _session_id(args)
+    rid = _resource_id(session, pid)
+    if c.api.find_resource(c.caller, rid) is not None:  # DSPex's wording
+        raise AlreadyExists(f"Program with ID '{pid}' already exists" + (f" in session {session}" if session else ""))
+    rid, _ = await c.api.create_resource(c.caller, BRIDGE, "program", dumps(config), resource_id=rid,
                                          call_id=c.call_id, timeout_s=c.timeout_s)
     c.state.programs[rid] = _ProgramStats(signature_def, program_type)
     rec = c.api.find_resource(c.caller, rid)
-    return ({"program_id": rid, "status": "created", "signature": signature_def, "program_type": program_type},
+    return ({"program_id": pid, "status": "created", "signature": signature_def, "program_type": program_type},
             rec.worker_id if rec else "")
 
 
 async def _execute_program(c: _Call, args: dict[str, Any]) -> Result:
-    pid = _program_id(args)
+    pid, rid = _program_ids(args)
     inputs = args.get("inputs", {})
     if not isinstance(inputs, dict):
         raise InvalidArgument("execute_program: 'inputs' must be an object of input field -> value")
-    _program(c, pid)
+    _program(c, args, rid)
     started = time.monotonic()
     try:
-        reply = await c.api.execute_resource(c.caller, pid, dumps(inputs), call_id=c.call_id,
+        reply = await c.api.execute_resource(c.caller, rid, dumps(inputs), call_id=c.call_id,
                                              timeout_s=c.timeout_s)
     except ConfigError:
         # A replaced worker has no default LM: select the tenant's configure_lm LM again, retry once.
@@ -261,9 +309,9 @@ async def _execute_program(c: _Call, args: dict[str, Any]) -> Result:
                 f"program {pid!r} has no LM: the worker holding the LM set by configure_lm was replaced and "
                 f"the LM could not be restored (an api_key given to configure_lm lives only in its worker); "
                 f"call configure_lm again") from None
-        reply = await c.api.execute_resource(c.caller, pid, dumps(inputs), call_id=c.call_id,
+        reply = await c.api.execute_resource(c.caller, rid, dumps(inputs), call_id=c.call_id,
                                              timeout_s=c.timeout_s)
-    stats = c.state.programs.setdefault(pid, _ProgramStats())
+    stats = c.state.programs.setdefault(rid, _ProgramStats())
     stats.execution_count += 1
     stats.last_executed = time.time()
     return {"program_id": pid, "outputs": loads_lenient(reply.result, {}), "execution_time": stats.last_executed,
@@ -271,32 +319,39 @@ async def _execute_program(c: _Call, args: dict[str, Any]) -> Result:
 
 
 async def _list_programs(c: _Call, args: dict[str, Any]) -> Result:
+    """Every program; with ``session_id``, that session's (as DSPex's pool workers listed them)."""
+    only = _session_id(args)
     recs = c.api.list_resources(c.caller, BRIDGE, "program")
     live = {r.resource_id for r in recs}
     for gone in set(c.state.programs) - live:  # deleted through the new API
         del c.state.programs[gone]
     programs = []
     for rec in recs:
+        session, pid = _split(rec.resource_id)
+        if only and session != only:
+            continue
         entry = _entry(c, rec)
-        programs.append({"id": rec.resource_id, **{k: entry[k] for k in
-                                                   ("created_at", "execution_count", "last_executed", "signature")}})
+        item = {"id": pid, **{k: entry[k] for k in ("created_at", "execution_count", "last_executed", "signature")}}
+        if session:
+            item["session_id"] = session
+        programs.append(item)
     return {"programs": programs, "total_count": len(programs)}, ""
 
 
 async def _get_program_info(c: _Call, args: dict[str, Any]) -> Result:
-    pid = _program_id(args)
+    pid, rid = _program_ids(args)
     # Through list_resources, so the policy's list_resources rule applies as to ListResources.
     for rec in c.api.list_resources(c.caller, BRIDGE, "program"):
-        if rec.resource_id == pid:
+        if rec.resource_id == rid:
             return {"program_id": pid, **_entry(c, rec)}, ""
-    raise NotFound(f"program {pid!r} not found")
+    raise _program_not_found(args, pid)
 
 
 async def _delete_program(c: _Call, args: dict[str, Any]) -> Result:
-    pid = _program_id(args)
-    _program(c, pid)
-    await c.api.delete_resource(c.caller, pid)
-    c.state.programs.pop(pid, None)
+    pid, rid = _program_ids(args)
+    _program(c, args, rid)
+    await c.api.delete_resource(c.caller, rid)
+    c.state.programs.pop(rid, None)
     return {"program_id": pid, "status": "deleted"}, ""
 
 
@@ -327,6 +382,68 @@ async def _reset_state(c: _Call, args: dict[str, Any]) -> Result:
     return {"status": "reset", "programs_cleared": cleared, "commands_reset": commands, "errors_reset": errors}, ""
 
 
+async def _cleanup_session(c: _Call, args: dict[str, Any]) -> Result:
+    """Delete a session's programs and drop its data (DSPex's pool workers did this when a session ended)."""
+    session = _session_id(args, required=True)
+    removed = 0
+    for rec in reversed(c.api.list_resources(c.caller, BRIDGE)):
+        if _split(rec.resource_id)[0] != session:
+            continue
+        try:
+            await c.api.delete_resource(c.caller, rec.resource_id)
+        except NotFound:
+            continue  # deleted meanwhile
+        c.state.programs.pop(rec.resource_id, None)
+        removed += rec.type == "program"
+
+    async def drop() -> dict[str, Any]:
+        if not removed and c.state.sessions.pop(session, None) is None:
+            return {"status": "not_found", "session_id": session}
+        c.state.sessions.pop(session, None)
+        return {"status": "cleaned", "session_id": session, "programs_removed": removed}
+
+    return await c.local("cleanup_session", args, drop)
+
+
+async def _get_session_data(c: _Call, args: dict[str, Any]) -> Result:
+    """The data kept for a session; with ``key``, that key's value (null when unset)."""
+    session = _session_id(args, required=True)
+    key = _opt_str(args, "key")
+
+    async def get() -> dict[str, Any]:
+        data = c.state.sessions.get(session)
+        if data is None:
+            raise NotFound(f"Session not found: {session}")
+        if key:
+            return {"session_id": session, "key": key, "value": data.get(key)}
+        return {"session_id": session, "data": data}
+
+    return await c.local("get_session_data", args, get)
+
+
+async def _update_session_data(c: _Call, args: dict[str, Any]) -> Result:
+    """Merge ``data`` into what is kept for a session (a key set to null is removed)."""
+    session = _session_id(args, required=True)
+    update = args.get("data")
+    if not isinstance(update, dict):
+        raise InvalidArgument("update_session_data: 'data' must be an object of key -> value")
+
+    async def merge() -> dict[str, Any]:
+        sessions = c.state.sessions
+        if session not in sessions and len(sessions) >= MAX_SESSIONS:
+            raise QuotaExceeded(f"{len(sessions)} sessions hold data, the most kept per tenant; "
+                                f"cleanup_session the ones that ended")
+        merged = {k: v for k, v in {**sessions.get(session, {}), **update}.items() if v is not None}
+        size = len(dumps(merged))
+        if size > MAX_SESSION_BYTES:
+            raise PayloadTooLarge(f"session {session} would hold {size} bytes of data, over the cap of "
+                                  f"{MAX_SESSION_BYTES}")
+        sessions[session] = merged
+        return {"status": "updated", "session_id": session, "keys": sorted(merged)}
+
+    return await c.local("update_session_data", args, merge)
+
+
 _HANDLERS: dict[str, Callable[[_Call, dict[str, Any]], Awaitable[Result]]] = {
     "ping": _ping,
     "configure_lm": _configure_lm,
@@ -338,6 +455,9 @@ _HANDLERS: dict[str, Callable[[_Call, dict[str, Any]], Awaitable[Result]]] = {
     "get_stats": _get_stats,
     "cleanup": _cleanup,
     "reset_state": _reset_state,
+    "cleanup_session": _cleanup_session,
+    "get_session_data": _get_session_data,
+    "update_session_data": _update_session_data,
 }
 assert set(_HANDLERS) == LEGACY_COMMANDS
 
@@ -358,6 +478,7 @@ async def _delete_all(c: _Call) -> int:
             continue  # deleted meanwhile
         programs += rec.type == "program"
     c.state.programs.clear()
+    c.state.sessions.clear()
     return programs
 
 
@@ -414,18 +535,51 @@ def _field(item: Any, role: str) -> Any:
     return {"name": item["name"], "description": desc} if isinstance(desc, str) and desc else item["name"]
 
 
-def _program_id(args: dict[str, Any]) -> str:
+def _program_ids(args: dict[str, Any]) -> tuple[str, str]:
+    """(program id, resource id): the resource of a session's program carries the session in its id."""
     pid = args.get("program_id")
     if not isinstance(pid, str) or not pid:
         raise InvalidArgument("'program_id' is required (a string)")
-    return pid
+    return pid, _resource_id(_session_id(args), pid)
 
 
-def _program(c: _Call, pid: str) -> ResourceRecord:
-    rec = c.api.find_resource(c.caller, pid)
+def _program(c: _Call, args: dict[str, Any], rid: str) -> ResourceRecord:
+    rec = c.api.find_resource(c.caller, rid)
     if rec is None or (rec.bridge, rec.type) != (BRIDGE, "program"):
-        raise NotFound(f"program {pid!r} not found")
+        raise _program_not_found(args, _split(rid)[1])
     return rec
+
+
+def _program_not_found(args: dict[str, Any], pid: str) -> NotFound:
+    """DSPex's wording, which its Elixir side matches on."""
+    session = _session_id(args)
+    if session:
+        return NotFound(f"Program not found in session {session}: {pid}")
+    return NotFound(f"Program not found: {pid}")
+
+
+def _session_id(args: dict[str, Any], *, required: bool = False) -> str:
+    session = args.get("session_id")
+    if session is None or session == "":
+        if required:
+            raise InvalidArgument("Session ID required: 'session_id' (a string)")
+        return ""
+    if not isinstance(session, str) or not _SESSION.match(session):
+        raise InvalidArgument(f"'session_id' must match {_SESSION.pattern}")
+    return session
+
+
+def _resource_id(session: str, pid: str) -> str:
+    return f"{SESSION_PREFIX}{session}:{pid}" if session else pid
+
+
+def _split(rid: str) -> tuple[str, str]:
+    """(session id or "", program id) of a resource id."""
+    if rid.startswith(SESSION_PREFIX):
+        session, sep, pid = rid[len(SESSION_PREFIX):].partition(":")
+        if sep and pid:
+            return session, pid
+    return "", rid
 
 
 def _opt_str(args: dict[str, Any], key: str) -> str:

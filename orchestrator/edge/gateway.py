@@ -8,8 +8,8 @@ tenant's quotas, given the policy's deadline and audited alike.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from runtimes.wire.errors import InvalidArgument, NotFound
 from runtimes.wire.payload import check_payload
@@ -22,6 +22,8 @@ from .pipeline import Edge
 from .request import Request, code_hash, payload_size
 
 __all__ = ["Gateway"]
+
+T = TypeVar("T")
 
 Visible = Callable[[str, list[str]], list[str]]
 
@@ -124,6 +126,15 @@ class Gateway:
                       code_sha256=self._code(args_json), call_id=call_id, timeout_s=timeout_s)
         return self.edge.stream(req, lambda r: self.service.call_stream(
             caller, bridge, command, args_json, attachments, call_id, r.timeout_s))
+
+    async def local(self, caller: Caller, bridge: str, command: str, args_json: str,
+                    op: Callable[[], Awaitable[T]]) -> T:
+        """An operation the orchestrator answers itself (a DSPex session command), through the edge as a
+        Call of ``command`` on ``bridge``: authorised, counted, given its deadline and audited like one."""
+        check_payload(args_json, "args")
+        req = Request(caller, "Call", "call", bridge=bridge, command=command,
+                      payload_bytes=payload_size(args_json, None))
+        return await self.edge.run(req, lambda r: op())
 
     async def cancel(self, caller: Caller, call_id: str) -> bool:
         req = Request(caller, "Cancel", "cancel", call_id=call_id)

@@ -25,7 +25,7 @@ import pytest
 from orchestrator import AsyncMLBridge, InvalidArgument, MLBridge, NotFound, PermissionDenied  # noqa: E402
 from orchestrator.client.dspy_adapter import DSPyAdapter  # noqa: E402
 from orchestrator.compat.dspex import API_KEY_SECRET, LM_ID  # noqa: E402
-from runtimes.wire.errors import ConfigError  # noqa: E402
+from runtimes.wire.errors import ConfigError, PayloadTooLarge, QuotaExceeded  # noqa: E402
 from tests.harness import ServerThread, make_config  # noqa: E402
 
 KEY = "sk-dspex-Zq8TopSecretKeyValue-0042"
@@ -133,7 +133,7 @@ def test_dspex_script_through_the_python_client(srv: ServerThread, mb: MLBridge)
     assert mb.execute_resource("qa", {"question": "same program?"}) == {"answer": "again"}
 
     # Failures are errors (and are counted), never a success holding {"error": ...}.
-    with pytest.raises(NotFound, match="program 'nope' not found"):
+    with pytest.raises(NotFound, match="Program not found: nope"):
         mb.call("", "execute_program", {"program_id": "nope", "inputs": {}})
     with pytest.raises(InvalidArgument, match="program_type 'react' is not supported"):
         mb.call("", "create_program", {"id": "r", "signature": QA, "program_type": "react"})
@@ -385,11 +385,42 @@ def test_legacy_commands_obey_tenancy_and_policy(tmp_path_factory: pytest.TempPa
                 carol.call("", "create_program", {"id": "p", "signature": QA})
             with pytest.raises(PermissionDenied):
                 carol.call("", "configure_lm", {"provider": "dummy", "api_key": KEY})
+            # Session data is the tenant's own, and reaching it is a call the policy decides on.
+            legacy(alice, "update_session_data", {"session_id": "s", "data": {"who": "alice"}})
+            with pytest.raises(NotFound, match="Session not found: s"):
+                bob.call("", "get_session_data", {"session_id": "s"})
+            assert legacy(alice, "get_session_data", {"session_id": "s"})["data"] == {"who": "alice"}
+            with pytest.raises(PermissionDenied):
+                carol.call("", "update_session_data", {"session_id": "s", "data": {"x": 1}})
+            with pytest.raises(PermissionDenied):
+                carol.call("", "get_session_data", {"session_id": "s"})
         audit = [json.loads(line) for line in (tmp / "audit.jsonl").read_text().splitlines()]
         steps = {(r.get("tenant"), r.get("method"), r.get("resource_id")) for r in audit if r.get("event") == "call"}
         assert ("alice", "CreateResource", "same-name") in steps and ("bob", "CreateResource", "same-name") in steps
         assert any(r.get("tenant") == "carol" and r.get("outcome") == "denied" for r in audit)
         assert KEY not in (tmp / "audit.jsonl").read_text()
+
+
+def test_session_data_caps(mb: MLBridge, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.compat import dspex
+
+    monkeypatch.setattr(dspex, "MAX_SESSIONS", 2)
+    legacy(mb, "reset_state")
+    for session in ("a", "b"):
+        legacy(mb, "update_session_data", {"session_id": session, "data": {"n": 1}})
+    with pytest.raises(QuotaExceeded, match="2 sessions hold data"):
+        mb.call("", "update_session_data", {"session_id": "c", "data": {"n": 1}})
+    legacy(mb, "update_session_data", {"session_id": "a", "data": {"n": 2}})  # a session kept may change
+    with pytest.raises(PayloadTooLarge, match="over the cap of 1048576"):
+        mb.call("", "update_session_data", {"session_id": "a", "data": {"big": "x" * (1024 * 1024)}})
+    assert legacy(mb, "get_session_data", {"session_id": "a"})["data"] == {"n": 2}  # nothing lost
+    with pytest.raises(InvalidArgument, match="'session_id' must match"):
+        mb.call("", "get_session_data", {"session_id": "no:colons"})
+    with pytest.raises(InvalidArgument, match="Session ID required"):
+        mb.call("", "cleanup_session", {})
+    assert legacy(mb, "reset_state")["status"] == "reset"
+    with pytest.raises(NotFound):
+        mb.call("", "get_session_data", {"session_id": "a"})  # a reset drops session data too
 
 
 def test_dspy_reset_drops_registry_specs_and_replays(tmp_path) -> None:

@@ -174,6 +174,61 @@ def test_dspex_script_over_the_port(srv: ServerThread, port: PortProcess) -> Non
     assert "configure_lm is deprecated" in port.stderr()  # the operator sees the deprecation once
 
 
+def test_dspex_pool_worker_sessions_and_shutdown(srv: ServerThread, tmp_path: Path) -> None:
+    """DSPex's pool workers: --mode pool-worker --worker-id, programs per session, session data, shutdown."""
+    p = PortProcess(srv.target, tmp_path / "err", "--mode", "pool-worker", "--worker-id", "w1")
+    try:
+        p.ok(1, "reset_state")
+        pong = p.ok(2, "ping")
+        assert pong["worker_id"] == "w1" and pong["mode"] == "pool-worker" and pong["mlbridge_worker_id"]
+        p.ok(3, "configure_lm", {"model": "dummy", "provider": "dummy", "answers": [{"answer": "4"}] * 3})
+        for session in ("s1", "s2"):  # the same program id in two sessions
+            made = p.ok(f"c-{session}", "create_program", {"id": "qa", "signature": QA, "session_id": session})
+            assert made["program_id"] == "qa"
+        dup = p.call(4, "create_program", {"id": "qa", "signature": QA, "session_id": "s1"})
+        assert dup["error_code"] == "ALREADY_EXISTS" and dup["error"] == "Program with ID 'qa' already exists in session s1"
+        out = p.ok(5, "execute_program", {"program_id": "qa", "session_id": "s1", "inputs": {"question": "2+2?"}})
+        assert out["program_id"] == "qa" and out["outputs"] == {"answer": "4"}
+        s1 = p.ok(6, "list_programs", {"session_id": "s1"})
+        assert s1["total_count"] == 1 and s1["programs"][0] | {"created_at": 0} == {
+            "id": "qa", "session_id": "s1", "execution_count": 1, "signature": QA, "created_at": 0,
+            "last_executed": s1["programs"][0]["last_executed"]}
+        assert {(x["session_id"], x["id"]) for x in p.ok(7, "list_programs")["programs"]} == {("s1", "qa"), ("s2", "qa")}
+        assert p.ok(8, "get_program_info", {"program_id": "qa", "session_id": "s2"})["execution_count"] == 0
+        missing = p.call(9, "execute_program", {"program_id": "nope", "session_id": "s1", "inputs": {}})
+        assert missing["error_code"] == "NOT_FOUND" and missing["error"] == "Program not found in session s1: nope"
+        missing = p.call(10, "get_program_info", {"program_id": "nope"})
+        assert missing["error"] == "Program not found: nope"
+        unknown = p.call(11, "no_such_command")
+        assert unknown["error_code"] == "UNKNOWN_COMMAND" and unknown["error"].startswith("Unknown command: no_such_command")
+        # Session data: merged per session, a null removes a key, kept apart from other sessions.
+        assert p.ok(12, "update_session_data", {"session_id": "s1", "data": {"user": "ada", "turns": 1}}) == {
+            "status": "updated", "session_id": "s1", "keys": ["turns", "user"]}
+        p.ok(13, "update_session_data", {"session_id": "s1", "data": {"turns": 2, "user": None}})
+        assert p.ok(14, "get_session_data", {"session_id": "s1"}) == {"session_id": "s1", "data": {"turns": 2}}
+        assert p.ok(15, "get_session_data", {"session_id": "s1", "key": "turns"})["value"] == 2
+        assert p.call(16, "get_session_data", {"session_id": "s2"})["error"] == "Session not found: s2"
+        bad = p.call(17, "update_session_data", {"session_id": "s1", "data": [1]})
+        assert bad["error_code"] == "INVALID_ARGUMENT"
+        # cleanup_session takes the session's programs and data, and nothing of another session's.
+        assert p.ok(18, "cleanup_session", {"session_id": "s1"}) == {"status": "cleaned", "session_id": "s1",
+                                                                     "programs_removed": 1}
+        assert p.ok(19, "cleanup_session", {"session_id": "s1"}) == {"status": "not_found", "session_id": "s1"}
+        assert p.call(20, "get_session_data", {"session_id": "s1"})["error_code"] == "NOT_FOUND"
+        assert [x["session_id"] for x in p.ok(21, "list_programs")["programs"]] == ["s2"]
+        # shutdown: cleans the sessions this port used (s2 still has its program), answers last, exits 0.
+        p.send(request(22, "mock:sleep", {"seconds": 0.5}) + request(23, "shutdown") + request(24, "ping"))
+        first, last = p.reply(), p.reply()
+        assert first["id"] == 22 and first["success"] is True
+        assert last["id"] == 23 and last["result"] == {"status": "shutting_down", "worker_id": "w1",
+                                                       "mode": "pool-worker", "sessions_cleaned": 1}
+        assert p.finish(close_stdin=False) == 0  # exits by itself; the ping after shutdown is not read
+        assert p.rest() == []
+        assert not [r for r in srv.orch.registry.list(TENANT) if r.type == "program"]
+    finally:
+        p.kill()
+
+
 def test_malformed_frames_get_error_replies_and_the_port_goes_on(port: PortProcess) -> None:
     cases: list[tuple[bytes, Any, str]] = [
         (frame(b'{"id": 1, "command": "ping", '), None, "not UTF-8 JSON"),
@@ -211,28 +266,48 @@ def test_requests_run_concurrently_and_replies_match_by_id(port: PortProcess) ->
     assert port.finish() == 0
 
 
-def test_oversized_length_prefix_gets_an_error_and_closes(port: PortProcess) -> None:
-    port.send(request(1, "mock:sleep", {"seconds": 0.5}) + struct.pack(">I", 16 * 1024 * 1024 + 1) + b"xx")
-    code = port.finish(close_stdin=False)  # the port closes by itself
-    replies = port.rest()
-    assert code == 2
-    too_big = [r for r in replies if r["id"] is None]
-    assert len(too_big) == 1 and too_big[0]["error_code"] == "PAYLOAD_TOO_LARGE"
-    assert "over the port's cap of 16777216 bytes" in too_big[0]["error"]
-    # The request in flight when the bad frame came was still answered.
-    assert [r["success"] for r in replies if r["id"] == 1] == [True]
+def test_oversized_frame_gets_an_error_for_its_id_and_the_port_goes_on(port: PortProcess) -> None:
+    # The length prefix alone says it is over the cap; its body is skipped, never held, and the port reads on.
+    huge = 16 * 1024 * 1024 + 1
+    body = b'{"args": {"pad": "' + b"x" * (huge - 64) + b'"}, "command": "mock:echo", '
+    body += b'"id": 5}'.rjust(huge - len(body))
+    assert len(body) == huge
+    port.send(request(1, "mock:sleep", {"seconds": 0.5}) + frame(body) + request(3, "ping"))
+    replies = {r["id"]: r for r in (port.reply(), port.reply(), port.reply())}
+    assert set(replies) == {1, 3, 5}
+    too_big = replies[5]
+    assert too_big["success"] is False and too_big["error_code"] == "PAYLOAD_TOO_LARGE"
+    assert f"frame of {huge} bytes is over the port's cap of 16777216 bytes" in too_big["error"]
+    assert replies[1]["success"] is True and replies[3]["success"] is True
+    assert port.finish() == 0
 
 
-def test_max_frame_bytes_is_configurable(srv: ServerThread, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("body", "rid"), [
+    (json.dumps({"id": 2, "command": "mock:echo", "args": {"pad": "x" * 100}}).encode(), 2),  # id first
+    (b'{"args": {"pad": "' + b"x" * 100 + b'"}, "command": "mock:echo", "id": "two"}', "two"),  # jiffy's order
+    (b'{"args": {"pad": "' + b"x" * 100 + b'"}, "command": "mock:echo"}', None),  # no id to be found
+    (b"\xff" * 100, None),
+], ids=["id-first", "id-last", "no-id", "not-json"])
+def test_max_frame_bytes_is_configurable_and_the_id_is_found(srv: ServerThread, tmp_path: Path, body: bytes,
+                                                              rid: Any) -> None:
     p = PortProcess(srv.target, tmp_path / "err", "--max-frame-bytes", "64")
     try:
         assert p.ok(1, "ping")["status"] == "ok"
-        p.send(request(2, "mock:echo", {"pad": "x" * 100}))
-        assert p.finish(close_stdin=False) == 2
-        (reply,) = p.rest()
-        assert reply["id"] is None and "cap of 64 bytes" in reply["error"]
+        p.send(frame(body))
+        reply = p.reply()
+        assert reply["id"] == rid and reply["error_code"] == "PAYLOAD_TOO_LARGE", reply
+        assert "cap of 64 bytes" in reply["error"]
+        assert p.ok(3, "ping")["status"] == "ok"  # still serving
+        assert p.finish() == 0
     finally:
         p.kill()
+
+
+def test_oversized_frame_cut_short_by_end_of_input_is_still_answered(port: PortProcess) -> None:
+    port.send(struct.pack(">I", 16 * 1024 * 1024 + 1) + b'{"id": 9, "command": "ping"')
+    assert port.finish() == 0
+    (reply,) = port.rest()
+    assert reply["id"] == 9 and reply["error_code"] == "PAYLOAD_TOO_LARGE"
 
 
 @pytest.mark.parametrize("tail", [b"\x00\x00", struct.pack(">I", 100) + b'{"id": 1, "com'],
