@@ -1,4 +1,4 @@
-"""Build mlbridge's images: root filesystem -> base -> one image per bridge.
+"""Build mlbridge's images: root filesystem -> base -> one image per bridge, and the orchestrator's.
 
 Each image is built from a context assembled under ``<state>/builds/<name>/``
 with the Docker engine's network switched off; wheels come from the host
@@ -10,6 +10,15 @@ top of it, not on the base, so editing ``runtimes/`` rebuilds the base and
 re-copies, but never re-installs, a bridge's packages. An image whose recipe
 (context, FROM image, build args, labels) is unchanged and whose id matches
 the record is reused as is.
+
+``mlbridge/orchestrator`` (:data:`ORCHESTRATOR_IMAGE`, built only when named)
+runs the orchestrator itself in a container, for CI (``orchestrator.testing``).
+It is built on ``base-deps`` too: the same non-root uid as the workers (the
+docker backend hands socket directories to that uid) and the same core wheels
+(process-backend workers run in its venv). Its context carries the
+orchestrator's locked wheels and the ``orchestrator/`` and ``runtimes/``
+packages of the running interpreter's mlbridge (a checkout or an installed
+wheel alike), with that distribution's metadata and console script.
 """
 
 from __future__ import annotations
@@ -28,6 +37,13 @@ from runtimes.wire.errors import ConfigError
 
 from ._docker import RECIPE_LABEL, build_offline, docker_client, reusable_image
 from ._lock import LockedPackage, lock_sha256, pinned_version, read_lock
+from ._orchestrator import (
+    DISTRIBUTION,
+    check_recipe,
+    installed_distribution,
+    installed_packages,
+    orchestrator_dist_files,
+)
 from ._paths import (
     IMAGE_VERSION,
     LABEL_PREFIX,
@@ -47,6 +63,10 @@ from ._wheelhouse import context_sha256, ensure_wheels, prepare_context
 
 BASE_NAME = "base"
 DEPS_NAME = "base-deps"
+#: The orchestrator's own image: built by ``images build orchestrator``, never by default.
+ORCHESTRATOR_IMAGE = "orchestrator"
+#: Images ``build_images`` makes only when asked by name (they are not bridges).
+OPTIONAL_IMAGES = (ORCHESTRATOR_IMAGE,)
 #: Context entries that only the full base image uses, not its ``deps`` target.
 RUNTIME_TREES = ("runtimes", "runtimes-dist")
 
@@ -145,7 +165,8 @@ def build_images(
     """Build (or reuse) the images for ``bridges`` and everything under them.
 
     Args:
-        bridges: bridge names; None builds every bridge with a recipe.
+        bridges: bridge names, and ``orchestrator`` for the orchestrator's own
+            image; None builds every bridge with a recipe (not the orchestrator).
         progress: receives one human-readable line per step.
         rebuild: rebuild the root filesystem and every image without caches.
         offline: use only what is cached (root filesystem, wheels); never
@@ -153,7 +174,7 @@ def build_images(
         client: Docker SDK client; a new one from the environment by default.
 
     Returns:
-        Bridge name -> built image, for the requested bridges.
+        Name -> built image, for the requested names.
 
     Raises:
         BridgeNotFound: a bridge has no recipe under ``images/``.
@@ -162,7 +183,10 @@ def build_images(
     """
     names = list(dict.fromkeys(bridges or known_bridges()))
     for name in names:
-        check_bridge(name)
+        if name in OPTIONAL_IMAGES:
+            check_recipe(name)
+        else:
+            check_bridge(name)
     client = client or docker_client()
     rootfs = ensure_rootfs(client, progress, rebuild=rebuild, offline=offline)
     record_image(rootfs.tag, rootfs.image_id, labels=client.images.get(rootfs.image_id).labels)
@@ -193,6 +217,13 @@ def build_images(
             recipe_skip=RUNTIME_TREES,
         )
     )
+    built: dict[str, BuiltImage] = {}
+    if ORCHESTRATOR_IMAGE in names:
+        built[ORCHESTRATOR_IMAGE] = run(_orchestrator_job(deps, progress, offline=offline))
+    bridge_names = [n for n in names if n not in OPTIONAL_IMAGES]
+    if not bridge_names:
+        return {name: built[name] for name in names}
+
     base = run(
         _Job(
             name=BASE_NAME,
@@ -204,9 +235,7 @@ def build_images(
             buildargs={"BASE": rootfs.image_id},
         )
     )
-
-    built: dict[str, BuiltImage] = {}
-    for name in names:
+    for name in bridge_names:
         lock = recipe_dir(name) / "requirements.lock"
         packages = read_lock(lock)
         dockerfile = recipe_dir(name) / "Dockerfile"
@@ -230,7 +259,33 @@ def build_images(
                 buildargs=buildargs,
             )
         )
-    return built
+    return {name: built[name] for name in names}
+
+
+def _orchestrator_job(deps: BuiltImage, progress: Callable[[str], None], *, offline: bool) -> _Job:
+    name = ORCHESTRATOR_IMAGE
+    lock = recipe_dir(name) / "requirements.lock"
+    packages = read_lock(lock)
+    dist = installed_distribution()
+    files = orchestrator_dist_files(dist)
+    files["config.yaml"] = (recipe_dir(name) / "config.yaml").read_text(encoding="utf-8")
+    context = prepare_context(
+        build_dir(name) / "context",
+        dockerfile=recipe_dir(name) / "Dockerfile",
+        lock=lock,
+        wheels=ensure_wheels(packages, progress, label=name, offline=offline).values(),
+        trees=installed_packages(),
+        files=files,
+    )
+    return _Job(
+        name=name,
+        context=context,
+        lock=lock,
+        packages=packages,
+        from_id=deps.image_id,
+        framework=(DISTRIBUTION, dist.version),
+        buildargs={"DEPS": deps.image_id},
+    )
 
 
 def _build(
