@@ -16,6 +16,14 @@ Built from a :class:`~orchestrator.config.Config`, in dependency order:
 
 The public server (:mod:`orchestrator.api`) serves :attr:`App.gateway`,
 :attr:`App.authenticate` and :attr:`App.dspex`.
+
+At start, unless ``strict_bridges`` is set, a bridge whose framework
+packages are missing where the backend needs them (the process backend runs
+workers from this Python) is skipped rather than refusing to start: the
+backend is asked about that bridge alone, with and without its missing
+packages, and a bridge it refuses only for them is left out, logged, listed
+in :attr:`App.skipped`, and calls naming it fail with ``UNKNOWN_BRIDGE`` and
+the reason.
 """
 
 from __future__ import annotations
@@ -24,13 +32,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from runtimes.wire.errors import BridgeNotFound, ConfigError
+
 from .audit import AuditLog
 from .backends import make_backend
 from .backends.base import Backend
 from .claims import NO_SETTINGS, ClaimPipeline
 from .compat.dspex import DSPexFacade
-from .config import Config
-from .edge import Authenticator, Gateway, build_gateway
+from .config import Config, missing_packages, skip_reason
+from .edge import Authenticator, Gateway, Outcome, Request, Step, build_gateway
 from .egressctl import EgressControl
 from .models import ModelCatalog, ModelStore
 from .observe import Observability, Tracing
@@ -70,6 +80,8 @@ class App:
                                on_secrets=self.audit.redact_values if self.audit else None)
         self.observability = Observability(config, self.backend, tracing=tracing)
         observer = self.observability.observer
+        #: Bridges left out at start (name -> why); filled by :meth:`start`.
+        self.skipped: dict[str, str] = {}
         if self.egress is not None and self.observability.metrics is not None:
             self.egress.on_count = self.observability.metrics.egress_decision
         listeners: list[Any] = [observer.on_worker_event]
@@ -82,7 +94,8 @@ class App:
         self.gateway: Gateway
         self.authenticate: Authenticator
         self.gateway, self.authenticate = build_gateway(self.service, self.policy, self.audit,
-                                                        observe=observer.edge_steps(), usage=self.observability.usage)
+                                                        observe=self._edge_steps(observer.edge_steps()),
+                                                        usage=self.observability.usage)
         self.authenticate.on_failure = observer.auth_failed
         self.dspex = DSPexFacade(self.gateway)
 
@@ -92,6 +105,8 @@ class App:
         Raises:
             ConfigError: what is missing or wrong, and how to fix it.
         """
+        if not self.config.strict_bridges:
+            await self._skip_unservable()
         if self.audit is not None:
             p = self.policy or Policy.permissive()
             await self._record(event="policy_load", outcome="ok", policy_hash=p.source_hash,
@@ -111,6 +126,44 @@ class App:
             await self.service.stop()
             await self._close_edges()
             raise
+
+    def _edge_steps(self, observe: tuple[Step, Step] | None) -> tuple[Step, Step] | None:
+        """``observe``, the first also refusing skipped bridges when :meth:`start` may skip some."""
+        if self.config.strict_bridges or not any(missing_packages(b) for b in self.config.bridges.values()):
+            return observe  # nothing can be skipped: no step on the call path
+        first, last = observe or (None, Step())
+        return _RefuseSkipped(first, self.skipped), last
+
+    async def _skip_unservable(self) -> None:
+        """Leave out the bridges the backend refuses only because their framework is not installed."""
+        for name, bcfg in sorted(self.config.bridges.items()):
+            missing = missing_packages(bcfg)
+            if not missing:
+                continue
+            alone = self.config.model_copy(update={"bridges": {name: bcfg}})
+            try:
+                await self.backend.prepare(alone)
+                continue  # this backend does not need them here (docker: they are in the image)
+            except ConfigError:
+                pass
+            rest = [p for p in bcfg.required_packages if p not in missing]
+            try:
+                await self.backend.prepare(alone.model_copy(update={
+                    "bridges": {name: bcfg.model_copy(update={"required_packages": rest})}}))
+            except ConfigError:
+                continue  # refused for something else too: start-up says what, as always
+            self.skipped[name] = skip_reason(missing)
+            log.warning("skipping bridge %s: %s", name, self.skipped[name])
+        if not self.skipped:
+            return
+        if self.config.default_bridge in self.skipped:
+            raise ConfigError(
+                f"mlbridge cannot start: the default bridge {self.config.default_bridge!r} cannot be served: "
+                f"{self.skipped[self.config.default_bridge]}; or set default_bridge to another bridge")
+        served = {n: b for n, b in self.config.bridges.items() if n not in self.skipped}
+        self.config = self.config.model_copy(update={"bridges": served})
+        self.service.config = self.config
+        self.service.skipped.update(self.skipped)
 
     async def stop(self) -> None:
         """Drain and stop the workers, then the proxy and the audit log."""
@@ -135,3 +188,32 @@ class App:
     async def _record(self, **fields: Any) -> None:
         if self.audit is not None:
             await self.audit.note(**fields)
+
+
+class _RefuseSkipped(Step):
+    """Calls naming a bridge left out at start fail with the reason, after ``first`` (metrics, traces) saw them."""
+
+    def __init__(self, first: Step | None, skipped: dict[str, str]) -> None:
+        self.first = first
+        self.skipped = skipped
+
+    async def enter(self, req: Request) -> None:
+        if self.first is not None:
+            await self.first.enter(req)
+        reason = self.skipped.get(req.bridge or "")
+        if reason is None:
+            return
+        err = BridgeNotFound(f"bridge {req.bridge!r} is not served: it was skipped at start: {reason}",
+                             details={"bridge": req.bridge, "skipped": reason})
+        if self.first is not None:
+            await self.first.exit(req, Outcome(error=err))
+        raise err
+
+    async def exit(self, req: Request, outcome: Outcome) -> None:
+        if self.first is not None:
+            await self.first.exit(req, outcome)
+
+    def check(self, req: Request) -> None:
+        if self.first is not None:
+            self.first.check(req)
+

@@ -38,11 +38,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = {"cert": args.serve_tls_cert, "key": args.serve_tls_key, "client_ca": args.serve_tls_client_ca}
     cfg = load_config(args.config, listen=args.listen, backend=args.backend, policy=args.policy,
                       audit_log=args.audit_log, state_dir=args.state_dir, tls=tls,
-                      metrics_listen=args.metrics_listen)
+                      metrics_listen=args.metrics_listen, strict_bridges=True if args.strict else None)
 
     def ready(server: Any) -> None:
         metrics = server.app.observability.metrics_port
-        print(f"mlbridge: serving {', '.join(sorted(cfg.bridges))} on {server.target} "
+        for name, reason in sorted(server.app.skipped.items()):
+            print(f"mlbridge: skipping bridge {name}: {reason}", flush=True)
+        print(f"mlbridge: serving {', '.join(sorted(server.app.config.bridges))} on {server.target} "
               f"(backend {cfg.backend}){f'; metrics on port {metrics}' if metrics else ''}; Ctrl-C stops",
               flush=True)
 
@@ -194,6 +196,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                    b["held"], b["claims_per_min"], _health(b), (b.get("health") or b["last_error"])[:60]]
                   for n, b in sorted(s["bridges"].items())],
                  ["BRIDGE", "READY", "SPARES/TARGET", "MIN-MAX", "HELD", "CLAIMS/MIN", "HEALTH", "WHY / LAST ERROR"]))
+    for name, reason in sorted((s.get("skipped") or {}).items()):
+        print(f"skipped at start: {name}: {reason}")
     circuits = [[b, t, c["state"].upper().replace("_", "-"), c["failures"], c["retry_after_s"], c["reason"][:60]]
                 for b, tenants in sorted(s.get("circuits", {}).items()) for t, c in sorted(tenants.items())]
     if circuits:
@@ -206,15 +210,50 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The connection options: (flags, default's environment variable, extra add_argument keywords, help).
+_CLIENT_OPTIONS: tuple[tuple[str, str | None, dict[str, Any], str], ...] = (
+    ("--address", "MLBRIDGE_ADDRESS", {}, "orchestrator address, host:port or unix:///path (env MLBRIDGE_ADDRESS)"),
+    ("--token", "MLBRIDGE_TOKEN", {}, "bearer token (env MLBRIDGE_TOKEN)"),
+    ("--timeout", None, {"type": float}, "per-call timeout in seconds"),
+    ("--tls-ca", "MLBRIDGE_TLS_CA", {}, "CA bundle to verify the server (TLS)"),
+    ("--tls-cert", "MLBRIDGE_TLS_CERT", {}, "client certificate (mTLS)"),
+    ("--tls-key", "MLBRIDGE_TLS_KEY", {}, "client key (mTLS)"),
+)
+#: Subcommands that are not clients of a running orchestrator (serve's --tls-cert/--tls-key are the server's).
+_NOT_CLIENTS = frozenset({"serve"})
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    """The connection options, before any command, with their defaults."""
+    for flag, env, extra, text in _CLIENT_OPTIONS:
+        default = "127.0.0.1:50051" if flag == "--address" else None
+        parser.add_argument(flag, default=os.environ.get(env, default) if env else default, help=text, **extra)
+
+
+def _accept_client_options_after(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Let every client subcommand, nested ones and those of extension modules too, take the connection options.
+
+    Given after the command, an option overrides the same one given before it; left out, the one before it (or
+    its default) stands: the copies default to ``SUPPRESS``, so they set nothing unless given. A subcommand that
+    already defines one of these flags keeps its own.
+    """
+    for name, parser in sub.choices.items():
+        if name in _NOT_CLIENTS:
+            continue
+        own = set(parser._option_string_actions)
+        wanted = [o for o in _CLIENT_OPTIONS if o[0] not in own]
+        if wanted:
+            group = parser.add_argument_group("connection options (also accepted before the command)")
+            for flag, _env, extra, text in wanted:
+                group.add_argument(flag, default=argparse.SUPPRESS, help=text, **extra)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_client_options_after(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlbridge", description="Sandboxed orchestrator for ML frameworks.")
-    p.add_argument("--address", default=os.environ.get("MLBRIDGE_ADDRESS", "127.0.0.1:50051"),
-                   help="orchestrator address, host:port or unix:///path (env MLBRIDGE_ADDRESS)")
-    p.add_argument("--token", default=os.environ.get("MLBRIDGE_TOKEN"), help="bearer token (env MLBRIDGE_TOKEN)")
-    p.add_argument("--timeout", type=float, default=None, help="per-call timeout in seconds")
-    p.add_argument("--tls-ca", default=os.environ.get("MLBRIDGE_TLS_CA"), help="CA bundle to verify the server (TLS)")
-    p.add_argument("--tls-cert", default=os.environ.get("MLBRIDGE_TLS_CERT"), help="client certificate (mTLS)")
-    p.add_argument("--tls-key", default=os.environ.get("MLBRIDGE_TLS_KEY"), help="client key (mTLS)")
+    _add_client_options(p)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the orchestrator")
@@ -230,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-client-ca", dest="serve_tls_client_ca", help="require client certificates from this CA (mTLS)")
     s.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics on HOST:PORT at /metrics (off by default)")
+    s.add_argument("--strict", action="store_true",
+                   help="refuse to start when a bridge's framework is missing (config strict_bridges); by "
+                        "default such a bridge is skipped and the others are served")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("call", help="call a namespaced command and print its JSON result")
@@ -270,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _accept_client_options_after(sub)
     return p
 
 

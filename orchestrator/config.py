@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,9 @@ class Config(BaseModel):
     metrics_listen: str | None = Field(None, description=(
         "serve Prometheus metrics on host:port (path /metrics); off when unset"))
     tracing: TracingConfig | None = Field(None, description="OpenTelemetry traces over OTLP; off when unset")
+    strict_bridges: bool = Field(False, description=(
+        "refuse to start when a bridge's framework is missing where the backend needs it (process backend: "
+        "this Python); false serves the other bridges and says which it skipped and why"))
     bridges: dict[str, BridgeConfig] = Field(default_factory=dict)
 
     def bridge(self, name: str) -> BridgeConfig:
@@ -308,6 +311,26 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             f"({', '.join(sorted(cfg.bridges)) or 'none'})"
         )
     return cfg
+
+
+def missing_packages(bridge: BridgeConfig) -> list[str]:
+    """The bridge's ``required_packages`` that are not installed in this Python."""
+    missing = []
+    for pkg in bridge.required_packages:
+        try:
+            metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            missing.append(pkg)
+    return missing
+
+
+def skip_reason(missing: list[str]) -> str:
+    """Why a bridge whose framework packages are ``missing`` is not served, and what to do."""
+    names = ", ".join(repr(p) for p in missing)
+    what = f"package {names} is" if len(missing) == 1 else f"packages {names} are"
+    return (f"its framework is not installed ({what} not installed here); "
+            f"pip install {' '.join(missing)} (the shipped bridges: pip install 'mlbridge[frameworks]') "
+            "or use --backend docker")
 
 
 def check_environment(cfg: Config, env: dict[str, str] | None = None) -> None:

@@ -128,6 +128,8 @@ class Orchestrator:
         self.circuits = CircuitBreakers(self._circuit_settings, on_change=_log_circuit)
         self.probe: Probe = probe or NullProbe()
         self.runner = CallRunner(self.probe)
+        #: Bridges left out at start because their framework is not installed (name -> why).
+        self.skipped: dict[str, str] = {}
         self.pools: dict[str, Pool] = {}
         self._describe: dict[str, dict[str, Any]] = {}
         self.started = time.time()
@@ -564,6 +566,7 @@ class Orchestrator:
             "workers": workers,
             "bridges": {n: p.facts() for n, p in self.pools.items()},
             "circuits": self.circuits.snapshot(),
+            "skipped": dict(self.skipped),
         }
 
     # -- counting -------------------------------------------------------------------------

@@ -4,6 +4,8 @@ Wheels are downloaded on the host, once, against the hash-locked requirement
 files (``pip download --only-binary=:all: --require-hashes``) into a shared
 wheelhouse under the state dir. A build context gets hard links to exactly the
 wheels its lock names, so the image build itself needs no network.
+``MLBRIDGE_WHEELHOUSE`` moves the wheelhouse, e.g. to share one between state
+dirs: only wheels whose hashes a lock names are ever used.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def _index(house: Path) -> dict[str, str]:
         entry = known.get(wheel.name)
         fresh[wheel.name] = entry if entry and entry[1] == size else [_sha256(wheel), size]
     if fresh != known:
-        tmp = index_path.with_suffix(".tmp")
+        # A wheelhouse may be shared (MLBRIDGE_WHEELHOUSE): each writer its own temporary file.
+        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(fresh, sort_keys=True), encoding="utf-8")
         tmp.replace(index_path)
     return {digest: str(house / name) for name, (digest, _size) in fresh.items()}

@@ -50,6 +50,18 @@ def test_call_prints_echo(server: str) -> None:
     assert json.loads(r.stdout) == {"x": 1}
 
 
+def test_connection_options_after_the_command(server: str) -> None:
+    for argv in (["call", "--address", server, "mock", "mock:echo"], ["call", "mock", "mock:echo", "--address", server],
+                 ["--address", "127.0.0.1:1", "call", "mock", "mock:echo", "--address", server, "--timeout", "30"]):
+        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv, "--args", '{"x": 2}'],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert json.loads(r.stdout) == {"x": 2}
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", "--address", server],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "mock" in r.stdout, r.stderr
+
+
 def test_unknown_namespace_lists_namespaces(server: str) -> None:
     r = mlbridge(server, "call", "mock", "nope:thing")
     assert r.returncode == 1

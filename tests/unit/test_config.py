@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.process import ProcessBackend
-from orchestrator.config import Config, check_environment, load_config, parse_size
+from orchestrator.config import (
+    BridgeConfig,
+    Config,
+    check_environment,
+    load_config,
+    missing_packages,
+    parse_size,
+    skip_reason,
+)
 from runtimes.wire.errors import ConfigError
 
 
@@ -67,3 +75,15 @@ def test_parse_size() -> None:
     assert parse_size(10) == 10
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_strict_bridges_and_what_a_skipped_bridge_lacks() -> None:
+    assert load_config(env={}).strict_bridges is False
+    assert load_config(env={"MLBRIDGE_STRICT_BRIDGES": "true"}).strict_bridges is True
+    assert load_config(env={}, strict_bridges=True).strict_bridges is True
+    bridge = BridgeConfig(runtime="mock", required_packages=["grpcio", "surely-not-a", "surely-not-b"])
+    assert missing_packages(bridge) == ["surely-not-a", "surely-not-b"]
+    assert skip_reason(["surely-not-a", "surely-not-b"]) == (
+        "its framework is not installed (packages 'surely-not-a', 'surely-not-b' are not installed here); "
+        "pip install surely-not-a surely-not-b (the shipped bridges: pip install 'mlbridge[frameworks]') "
+        "or use --backend docker")
