@@ -21,18 +21,28 @@ from ._docker import docker_client
 from ._inventory import ImageInfo, list_images
 from ._lock import LockedPackage, lock_sha256, parse_lock, read_lock
 from ._paths import IMAGE_VERSION, image_tag, known_bridges, state_dir
-from ._record import check_image_id, recorded_image_id, records_path, verify_image
+from ._record import (
+    HistoryEntry,
+    check_image_id,
+    image_history,
+    recorded_image_id,
+    records_path,
+    rollback_image,
+    verify_image,
+)
 from ._sbom import make_sbom
 from ._vuln import vulnerability_report
 
 __all__ = [
     "IMAGE_VERSION",
     "BuiltImage",
+    "HistoryEntry",
     "ImageInfo",
     "LockedPackage",
     "build_images",
     "check_image_id",
     "docker_client",
+    "image_history",
     "image_labels",
     "image_tag",
     "known_bridges",
@@ -43,6 +53,7 @@ __all__ = [
     "read_lock",
     "recorded_image_id",
     "records_path",
+    "rollback_image",
     "state_dir",
     "verify_image",
     "vulnerability_report",

@@ -189,7 +189,7 @@ def build_images(
             check_bridge(name)
     client = client or docker_client()
     rootfs = ensure_rootfs(client, progress, rebuild=rebuild, offline=offline)
-    record_image(rootfs.tag, rootfs.image_id, labels=client.images.get(rootfs.image_id).labels)
+    record_image(rootfs.tag, rootfs.image_id, labels=client.images.get(rootfs.image_id).labels, client=client)
 
     def run(job: _Job) -> BuiltImage:
         return _build(client, job, progress=progress, rebuild=rebuild)
@@ -324,7 +324,7 @@ def _build(
             progress=progress,
             nocache=rebuild,
         )
-    record_image(tag, image_id, labels=labels)
+    record_image(tag, image_id, labels=labels, client=client)
 
     image_facts = probe_image(client, image_id)
     sbom = make_sbom(

@@ -8,7 +8,7 @@ import docker
 import docker.errors
 
 from ._paths import IMAGE_REPO, LABEL_PREFIX, bridge_of
-from ._record import load_records
+from ._record import is_keep_tag, load_records
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class ImageInfo:
 def list_images(client: docker.DockerClient | None = None) -> list[ImageInfo]:
     """Every ``mlbridge/*`` tag in the engine plus every recorded tag, sorted by tag.
 
+    Keep tags (``mlbridge/mock:0.1.0-3f2a9c1b7e4d``, see :func:`keep_tag`) are
+    left out: they are the tag's history, which ``images history`` lists.
+
     Args:
         client: Docker SDK client; a new one from the environment by default.
 
@@ -59,8 +62,8 @@ def list_images(client: docker.DockerClient | None = None) -> list[ImageInfo]:
     for image in client.images.list(name=f"{IMAGE_REPO}/*"):
         labels = image.labels or {}
         for tag in image.tags:
-            if not tag.startswith(f"{IMAGE_REPO}/"):
-                continue
+            if not tag.startswith(f"{IMAGE_REPO}/") or is_keep_tag(tag):
+                continue  # keep tags hold history ids alive; `images history` shows them
             rows[tag] = ImageInfo(
                 tag=tag,
                 image_id=image.id or "",

@@ -48,7 +48,8 @@ def test_public_surface_is_pinned() -> None:
             "IMAGE_VERSION", "BuiltImage", "ImageInfo", "LockedPackage", "build_images", "check_image_id",
             "docker_client", "image_labels", "image_tag", "known_bridges", "list_images",
             "lock_sha256", "make_sbom", "parse_lock", "read_lock", "recorded_image_id",
-            "records_path", "state_dir", "verify_image", "vulnerability_report",
+            "records_path", "state_dir", "verify_image", "vulnerability_report", "HistoryEntry",
+            "image_history", "rollback_image",
         ]
     )  # fmt: skip
 
