@@ -36,6 +36,7 @@ images: install
 bench: install  ## the benchmarks; results go to docs/benchmarks.md
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.observability
+	$(PY) -m benchmarks.port
 	$(PY) -m benchmarks.docker_startup
 	$(PY) -m benchmarks.startup
 	$(PY) -m benchmarks.langchain

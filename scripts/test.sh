@@ -14,13 +14,22 @@ else
     trap 'scripts/docker-engine.sh down' EXIT
 fi
 
-# promtool checks the shipped alert rules, and a real Prometheus scrapes the orchestrator in the tests.
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-    echo "== installing Debian's prometheus (server and promtool)"
+# Debian packages the tests drive for real, installed when a command they provide is missing.
+need() {  # need PACKAGES... -- COMMANDS...
+    local pkgs=() cmd missing=""
+    while [ "$1" != "--" ]; do pkgs+=("$1"); shift; done
+    shift
+    for cmd in "$@"; do command -v "$cmd" >/dev/null 2>&1 || missing="$cmd"; done
+    [ -z "$missing" ] && return 0
+    echo "== installing Debian's ${pkgs[*]} (for $*)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
-fi
+    apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null; }
+}
+# promtool checks the shipped alert rules, and a real Prometheus scrapes the orchestrator in the tests.
+need prometheus -- promtool prometheus
+# The Elixir client's ExUnit suite (clients/elixir) runs against real orchestrators.
+need elixir erlang-jiffy -- elixir mix
 
 echo "== lint: ruff, mypy --strict"
 "$PY" -m ruff check .
@@ -28,6 +37,8 @@ echo "== lint: ruff, mypy --strict"
 
 echo "== building images (cached after the first build)"
 "$PY" -m orchestrator.cli images build
+# The orchestrator's own image, for the testcontainers tests (docs/ci.md).
+"$PY" -m orchestrator.cli images build orchestrator
 
 echo "== tests"
 # The DSPex flow runs on both backends: process workers and real docker workers.

@@ -84,8 +84,16 @@ def open_channel(module: Any, address: str, max_bytes: int, tls_ca: str | None, 
     return module.secure_channel(address, creds, options=options)
 
 
+#: Reconnect backoff bounds (ms): gRPC's default grows to 120 s, so a client (a long-lived port) that saw its
+#: orchestrator down would go on answering UNAVAILABLE for up to two minutes after it came back.
+RECONNECT_BACKOFF_MS = (100, 2000)
+
+
 def channel_options(max_bytes: int) -> list[tuple[str, Any]]:
-    return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+    first, most = RECONNECT_BACKOFF_MS
+    return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
+            ("grpc.initial_reconnect_backoff_ms", first), ("grpc.min_reconnect_backoff_ms", first),
+            ("grpc.max_reconnect_backoff_ms", most)]
 
 
 def metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:

@@ -15,6 +15,7 @@ else (logs, stray prints) goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -58,7 +59,8 @@ def cmd_port(args: argparse.Namespace) -> int:
                          worker_id=args.worker_id).run()
     finally:
         client.close()
-        frames.close()
+        with contextlib.suppress(OSError):  # the parent closed our output too (Erlang's Port.close)
+            frames.close()
 
 
 def register(subparsers: Any) -> None:
