@@ -32,7 +32,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from runtimes.wire.errors import BridgeNotFound, ConfigError
+from runtimes.wire.errors import ConfigError
 
 from .audit import AuditLog
 from .backends import make_backend
@@ -40,7 +40,7 @@ from .backends.base import Backend
 from .claims import NO_SETTINGS, ClaimPipeline
 from .compat.dspex import DSPexFacade
 from .config import Config, missing_packages, skip_reason
-from .edge import Authenticator, Gateway, Outcome, Request, Step, build_gateway
+from .edge import Authenticator, Gateway, build_gateway
 from .egressctl import EgressControl
 from .models import ModelCatalog, ModelStore
 from .observe import Observability, Tracing
@@ -94,8 +94,9 @@ class App:
         self.gateway: Gateway
         self.authenticate: Authenticator
         self.gateway, self.authenticate = build_gateway(self.service, self.policy, self.audit,
-                                                        observe=self._edge_steps(observer.edge_steps()),
-                                                        usage=self.observability.usage)
+                                                        observe=observer.edge_steps(),
+                                                        usage=self.observability.usage,
+                                                        skipped=self._skippable())
         self.authenticate.on_failure = observer.auth_failed
         self.dspex = DSPexFacade(self.gateway)
 
@@ -127,12 +128,11 @@ class App:
             await self._close_edges()
             raise
 
-    def _edge_steps(self, observe: tuple[Step, Step] | None) -> tuple[Step, Step] | None:
-        """``observe``, the first also refusing skipped bridges when :meth:`start` may skip some."""
+    def _skippable(self) -> dict[str, str] | None:
+        """:attr:`skipped`, when :meth:`start` may skip some bridge (else no step refuses skipped bridges)."""
         if self.config.strict_bridges or not any(missing_packages(b) for b in self.config.bridges.values()):
-            return observe  # nothing can be skipped: no step on the call path
-        first, last = observe or (None, Step())
-        return _RefuseSkipped(first, self.skipped), last
+            return None
+        return self.skipped
 
     async def _skip_unservable(self) -> None:
         """Leave out the bridges the backend refuses only because their framework is not installed."""
@@ -188,32 +188,3 @@ class App:
     async def _record(self, **fields: Any) -> None:
         if self.audit is not None:
             await self.audit.note(**fields)
-
-
-class _RefuseSkipped(Step):
-    """Calls naming a bridge left out at start fail with the reason, after ``first`` (metrics, traces) saw them."""
-
-    def __init__(self, first: Step | None, skipped: dict[str, str]) -> None:
-        self.first = first
-        self.skipped = skipped
-
-    async def enter(self, req: Request) -> None:
-        if self.first is not None:
-            await self.first.enter(req)
-        reason = self.skipped.get(req.bridge or "")
-        if reason is None:
-            return
-        err = BridgeNotFound(f"bridge {req.bridge!r} is not served: it was skipped at start: {reason}",
-                             details={"bridge": req.bridge, "skipped": reason})
-        if self.first is not None:
-            await self.first.exit(req, Outcome(error=err))
-        raise err
-
-    async def exit(self, req: Request, outcome: Outcome) -> None:
-        if self.first is not None:
-            await self.first.exit(req, outcome)
-
-    def check(self, req: Request) -> None:
-        if self.first is not None:
-            self.first.check(req)
-

@@ -11,6 +11,8 @@ of any of it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ..audit import AuditLog
 from ..policy import Policy, QuotaTracker
 from ..service import Orchestrator
@@ -23,6 +25,7 @@ from .steps import (
     Authorize,
     Deadline,
     Quotas,
+    RefuseSkipped,
     ResolveResource,
     Step,
     recorder,
@@ -33,22 +36,27 @@ __all__ = ["Authenticator", "Edge", "Gateway", "Outcome", "Request", "Step", "bu
 
 def build_gateway(service: Orchestrator, policy: Policy | None, audit: AuditLog | None, *,
                   observe: tuple[Step, Step] | None = None, usage: UsageQuery | None = None,
-                  ) -> tuple[Gateway, Authenticator]:
+                  skipped: Mapping[str, str] | None = None) -> tuple[Gateway, Authenticator]:
     """The public service for ``service`` and the authenticator in front of it.
 
     With neither a policy nor an audit log every caller is tenant ``default``
     and nothing stands between the API and the service but ``observe``; with
     either, every step runs (a missing policy allows everything, a missing log
     records nothing). ``observe`` (metrics and traces) are the first and the
-    last step, so they see every request, the refused ones too.
+    last step, so they see every request, the refused ones too. ``skipped``
+    (bridges left out at start, filled later) adds a step refusing calls that
+    name one; without it, no step is on the call path for that.
     """
     first, last = observe or (None, None)
+    refuse = RefuseSkipped(skipped) if skipped is not None else None
     if policy is None and audit is None:  # no policy steps: nothing for the last step to mark
-        return Gateway(service, Edge([first] if first is not None else []), usage=usage), Authenticator(None, None)
+        return (Gateway(service, Edge([s for s in (first, refuse) if s is not None]), usage=usage),
+                Authenticator(None, None))
     policy = policy or Policy.permissive()
     record = recorder(audit)
     edge = Edge([s for s in (
         first,
+        refuse,
         ResolveResource(service, record),
         Authorize(policy, audit, record),
         AuditCall(service, record),

@@ -19,10 +19,16 @@ a bearer token into the :class:`~orchestrator.service.Caller` a request carries.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from runtimes.wire.errors import NotFound, PermissionDenied, QuotaExceeded, Unauthenticated
+from runtimes.wire.errors import (
+    BridgeNotFound,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    Unauthenticated,
+)
 
 from ..audit import AuditLog
 from ..policy import CallSlot, Policy, Principal, QuotaTracker
@@ -30,7 +36,7 @@ from ..registry import ResourceRecord
 from ..service import Caller
 from .request import Outcome, Request
 
-__all__ = ["AuditCall", "Authenticator", "Authorize", "Deadline", "Quotas", "ResolveResource", "Step"]
+__all__ = ["AuditCall", "Authenticator", "Authorize", "Deadline", "Quotas", "RefuseSkipped", "ResolveResource", "Step"]
 
 
 class Step:
@@ -244,3 +250,20 @@ class Deadline(Step):
 def _fields(req: Request) -> dict[str, Any]:
     return {**_who(req), "command": req.command, "bridge": req.bridge, "resource_id": req.resource_id,
             "code_sha256": req.code_sha256, "call_id": req.call_id}
+
+
+class RefuseSkipped(Step):
+    """Calls naming a bridge left out at start fail at once with ``UNKNOWN_BRIDGE`` and the reason.
+
+    Args:
+        skipped: bridge name -> why it was left out; read on every call (it is filled at start).
+    """
+
+    def __init__(self, skipped: Mapping[str, str]) -> None:
+        self.skipped = skipped
+
+    async def enter(self, req: Request) -> None:
+        reason = self.skipped.get(req.bridge or "")
+        if reason is not None:
+            raise BridgeNotFound(f"bridge {req.bridge!r} is not served: it was skipped at start: {reason}",
+                                 details={"bridge": req.bridge, "skipped": reason})
