@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, fields
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -234,6 +234,13 @@ class Config(BaseModel):
     strict_bridges: bool = Field(False, description=(
         "refuse to start when a bridge's framework is missing where the backend needs it (process backend: "
         "this Python); false serves the other bridges and says which it skipped and why"))
+    worker_channel: Literal["unix", "tcp-mtls"] = Field("unix", description=(
+        "how the orchestrator reaches a worker's runtime: unix (a socket in a per-worker mount, one machine) or "
+        "tcp-mtls (TCP with a per-worker certificate from the orchestrator's own CA; docker: an internal "
+        "network, icc off; kubernetes always)"))
+    backend_options: dict[str, Any] = Field(default_factory=dict, description=(
+        "settings of the chosen backend, read and checked by it (a third-party backend's, or kubernetes': "
+        "namespace, kubeconfig, ...)"))
     bridges: dict[str, BridgeConfig] = Field(default_factory=dict)
 
     def bridge(self, name: str) -> BridgeConfig:

@@ -28,9 +28,15 @@ def digest(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+#: The worker channel docker tests run with: ``unix``, or ``tcp-mtls`` for CI's second pass of the docker tests
+#: (``MLBRIDGE_TEST_WORKER_CHANNEL``, scripts/test.sh).
+WORKER_CHANNEL = os.environ.get("MLBRIDGE_TEST_WORKER_CHANNEL", "unix")
+
+
 def make_config(tmp: Path, bridges: dict[str, Any] | None = None, **fields: Any) -> Config:
-    """A config over the shipped default, with state in ``tmp`` and a free port."""
-    base = {"state_dir": str(tmp / "state"), "listen": "127.0.0.1:0", "backend": "process"}
+    """A config over the shipped default, with state in ``tmp`` and a free port (and the docker tests' channel)."""
+    base = {"state_dir": str(tmp / "state"), "listen": "127.0.0.1:0", "backend": "process",
+            "worker_channel": WORKER_CHANNEL}
     if bridges is not None:
         base["bridges"] = bridges
     base.update(fields)

@@ -1,7 +1,8 @@
 """The ``process`` backend: each runtime is a local subprocess. Isolates nothing.
 
-For development, unit tests and benchmarks: same unix-socket gRPC as the
-docker backend, none of its sandboxing. It says so loudly at start.
+For development, unit tests and benchmarks: the same control channels as the
+docker backend (a unix socket, or ``worker_channel: tcp-mtls`` on loopback),
+none of its sandboxing. It says so loudly at start.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -19,8 +21,9 @@ from typing import Any
 from orchestrator.config import Config
 from runtimes.wire.errors import ConfigError
 
-from .base import Backend, ExitInfo, SupportsHold, WorkerHandle, WorkerSpec
+from .base import Backend, ControlChannel, ExitInfo, SupportsHold, WorkerHandle, WorkerSpec
 from .hold import Holds
+from .tls import TcpMtlsChannel, WorkerCA, write_worker_files
 from .unix import SocketRoot, UnixSocketChannel
 
 log = logging.getLogger("mlbridge.backend.process")
@@ -37,14 +40,32 @@ class ProcessBackend(Backend, SupportsHold):
 
     Args:
         socket_root: where the workers' socket directories go (a new temp dir by default).
+        worker_channel: ``unix`` or ``tcp-mtls`` (on 127.0.0.1, with the CAs kept in ``ca_dir``).
+        ca_dir: where the tcp-mtls CAs live (``<state_dir>/ca``).
     """
 
     name = "process"
 
-    def __init__(self, socket_root: Path | None = None) -> None:
+    def __init__(self, socket_root: Path | None = None, *, worker_channel: str = "unix",
+                 ca_dir: Path | None = None) -> None:
         self._warned = False
         self.sockets = SocketRoot(socket_root)
         self._holds = Holds()
+        if worker_channel not in ("unix", "tcp-mtls"):
+            raise ConfigError(f"worker_channel {worker_channel!r}: the process backend has unix and tcp-mtls")
+        self.worker_channel = worker_channel
+        self._ca_dir = ca_dir or self.sockets.root / "ca"
+        self._ca: WorkerCA | None = None
+        self._mounts: dict[str, UnixSocketChannel] = {}  # worker id -> its directory
+
+    @classmethod
+    def from_config(cls, config: Config) -> ProcessBackend:
+        return cls(worker_channel=config.worker_channel, ca_dir=Path(config.state_dir) / "ca")
+
+    def _dir(self, handle: WorkerHandle) -> UnixSocketChannel:
+        mount = self._mounts.get(handle.worker_id, handle.channel)
+        assert isinstance(mount, UnixSocketChannel)
+        return mount
 
     async def prepare(self, config: Config) -> None:
         """Check that every bridge's required packages are installed here (workers import them from this Python).
@@ -76,6 +97,18 @@ class ProcessBackend(Backend, SupportsHold):
         env["PYTHONPATH"] = os.pathsep.join(paths)
         for k, v in spec.labels.items():
             env["MLBRIDGE_LABEL_" + k.rsplit(".", 1)[-1].upper()] = v
+        control: ControlChannel = channel
+        if self.worker_channel == "tcp-mtls":
+            if self._ca is None:
+                self._ca = WorkerCA(self._ca_dir)
+            creds = self._ca.issue(spec.worker_id)
+            port = _free_port()
+            env["MLBRIDGE_LISTEN"] = f"127.0.0.1:{port}"
+            env["MLBRIDGE_TLS_DIR"] = str(write_worker_files(channel.socket_dir, creds))
+            control = TcpMtlsChannel("127.0.0.1", port, creds.server_name, self._ca.client_credentials())
+        else:
+            for key in ("MLBRIDGE_LISTEN", "MLBRIDGE_TLS_DIR"):
+                env.pop(key, None)
         if spec.hold:
             self._holds.hold(spec.worker_id, channel.socket_dir)
         logfile = open(channel.socket_dir / "worker.log", "ab")  # noqa: SIM115 - owned by the process
@@ -90,7 +123,8 @@ class ProcessBackend(Backend, SupportsHold):
             raise
         finally:
             logfile.close()
-        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=channel, ref=proc,
+        self._mounts[spec.worker_id] = channel
+        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=control, ref=proc,
                             backend=self.name, held=spec.hold)
 
     async def release(self, handle: WorkerHandle) -> None:
@@ -110,9 +144,10 @@ class ProcessBackend(Backend, SupportsHold):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         self._holds.drop(handle.worker_id)
-        assert isinstance(handle.channel, UnixSocketChannel)
+        mount = self._dir(handle)
+        self._mounts.pop(handle.worker_id, None)
         with contextlib.suppress(FileNotFoundError):
-            handle.channel.path.unlink()
+            mount.path.unlink()
 
     async def exit_info(self, handle: WorkerHandle) -> ExitInfo | None:
         proc: asyncio.subprocess.Process = handle.ref
@@ -150,9 +185,8 @@ class ProcessBackend(Backend, SupportsHold):
         return out
 
     def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
-        assert isinstance(handle.channel, UnixSocketChannel)
         try:
-            text = (handle.channel.socket_dir / "worker.log").read_text(errors="replace")
+            text = (self._dir(handle).socket_dir / "worker.log").read_text(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
@@ -162,11 +196,17 @@ class ProcessBackend(Backend, SupportsHold):
         return {h: str(objects / h) for h in hashes}
 
     def export_dir(self, handle: WorkerHandle) -> tuple[str, Path] | None:
-        assert isinstance(handle.channel, UnixSocketChannel)
-        path = handle.channel.socket_dir / "export"
+        path = self._dir(handle).socket_dir / "export"
         path.mkdir(mode=0o700, exist_ok=True)
         return str(path), path
 
     async def close(self) -> None:
         self._holds.close()
         self.sockets.close()
+
+
+def _free_port() -> int:
+    """A loopback port free now (the runtime binds it a moment later; a clash fails its start, visibly)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

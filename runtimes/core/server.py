@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..wire.caps import DEFAULT_MAX_MESSAGE_BYTES, MAX_PROGRESS_MESSAGE_CHARS
-from ..wire.errors import MLBridgeError, public_details
+from ..wire.errors import ConfigError, MLBridgeError, public_details
 from ..wire.payload import dumps, encode_capped
 from ..wire.proto import common_pb2 as common
 from ..wire.proto import runtime_pb2 as pb
@@ -193,9 +193,30 @@ def message_options(max_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def tls_server_credentials(tls_dir: str) -> grpc.ServerCredentials:
+    """Server credentials from a tcp-mtls worker directory: this worker's pair, clients from the client CA.
+
+    Raises:
+        ConfigError: a file is missing or unreadable.
+    """
+    files = {}
+    for name in ("worker.crt", "worker.key", "client-ca.crt"):
+        try:
+            with open(os.path.join(tls_dir, name), "rb") as fh:
+                files[name] = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"tls directory {tls_dir}: cannot read {name} ({exc.strerror})") from None
+    return grpc.ssl_server_credentials([(files["worker.key"], files["worker.crt"])],
+                                       root_certificates=files["client-ca.crt"], require_client_auth=True)
+
+
 async def serve(bridge_spec: str | type[Bridge], address: str, *, max_message_bytes: int | None = None,
-                threads: int | None = None, ready: asyncio.Event | None = None) -> None:
-    """Load a bridge and serve it on ``address`` (``unix:///path`` or ``host:port``) until SIGTERM."""
+                threads: int | None = None, ready: asyncio.Event | None = None, tls_dir: str | None = None) -> None:
+    """Load a bridge and serve it on ``address`` (``unix:///path`` or ``host:port``) until SIGTERM.
+
+    With ``tls_dir`` it serves TLS with ``worker.crt``/``worker.key`` there and requires a client
+    certificate from ``client-ca.crt`` (the orchestrator's tcp-mtls channel).
+    """
     max_bytes = max_message_bytes or int(os.environ.get("MLBRIDGE_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES))
     cls = load_bridge_class(bridge_spec) if isinstance(bridge_spec, str) else bridge_spec
     bridge = cls()
@@ -211,7 +232,11 @@ async def serve(bridge_spec: str | type[Bridge], address: str, *, max_message_by
     pb_grpc.add_RuntimeServicer_to_server(RuntimeServicer(dispatcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if server.add_insecure_port(address) == 0 and not address.startswith("unix"):
+    if tls_dir:
+        bound = server.add_secure_port(address, tls_server_credentials(tls_dir))
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0 and not address.startswith("unix"):
         raise OSError(f"cannot listen on {address}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -34,6 +34,7 @@ import pytest
 
 from orchestrator.backends.base import WorkerHandle, WorkerSpec
 from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends.tls import TcpMtlsChannel
 from orchestrator.claims import NO_SETTINGS, ClaimPipeline
 from orchestrator.config import BridgeConfig, Config
 from orchestrator.images import image_tag, verify_image
@@ -41,6 +42,7 @@ from orchestrator.pool import Pool
 from orchestrator.registry import Registry
 from runtimes.wire.errors import ConfigError, Unavailable
 from runtimes.wire.proto import runtime_pb2, runtime_pb2_grpc
+from tests.harness import WORKER_CHANNEL
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -65,12 +67,13 @@ def client() -> Iterator[docker.DockerClient]:
 class Workers:
     """Starts workers through the backend and remembers every container, for teardown."""
 
-    def __init__(self, client: docker.DockerClient, root: Path) -> None:
+    def __init__(self, client: docker.DockerClient, root: Path, *, worker_channel: str = WORKER_CHANNEL) -> None:
         self.client = client
         self.root = root
         self.scope = f"test-{uuid.uuid4().hex[:10]}"
         self.orchestrator_id = f"orch-{uuid.uuid4().hex[:8]}"
-        self.backend = DockerBackend(scope=self.scope, socket_root=root)
+        self.backend = DockerBackend(scope=self.scope, socket_root=root, worker_channel=worker_channel,
+                                     ca_dir=root / "ca")
         self.container_ids: list[str] = []
         self.loop = asyncio.new_event_loop()
 
@@ -117,9 +120,18 @@ def workers(client: docker.DockerClient) -> Iterator[Workers]:
             root.rmdir()
 
 
-def call(address: str, command: str, args: dict[str, Any] | None = None, *,
+def sync_channel(target: WorkerHandle | str) -> grpc.Channel:
+    """A blocking channel to a worker: its unix socket, or its tcp-mtls endpoint with the orchestrator's credentials."""
+    channel = target.channel if isinstance(target, WorkerHandle) else None
+    if isinstance(channel, TcpMtlsChannel):
+        return grpc.secure_channel(channel.target, channel.credentials, options=[
+            ("grpc.ssl_target_name_override", channel.server_name), ("grpc.default_authority", channel.server_name)])
+    return grpc.insecure_channel(target.address if isinstance(target, WorkerHandle) else target)
+
+
+def call(target: WorkerHandle | str, command: str, args: dict[str, Any] | None = None, *,
          timeout: float = 10.0) -> runtime_pb2.CallReply:
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(target) as channel:
         stub = runtime_pb2_grpc.RuntimeStub(channel)
         req = runtime_pb2.CallRequest(command=command, args_json=json.dumps(args or {}).encode())
         return stub.Call(req, timeout=timeout, wait_for_ready=True)
@@ -133,14 +145,13 @@ def wait_ping(handle: WorkerHandle, timeout: float = 30.0, poll: float = 0.005) 
     """
     started = time.monotonic()
     deadline = started + timeout
-    sock = Path(handle.address.removeprefix("unix://"))
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if not sock.exists():
+        if not handle.channel.present():
             time.sleep(poll)
             continue
         try:
-            reply = call(handle.address, "common:ping", timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+            reply = call(handle, "common:ping", timeout=max(0.1, min(5.0, deadline - time.monotonic())))
             assert reply.ok, reply.error
             return time.monotonic() - started
         except grpc.RpcError as exc:
@@ -458,7 +469,7 @@ def test_escapes_fail_inside_the_sandbox(workers: Workers, client: docker.Docker
     assert accepted == []
 
     # The worker survived all of it and still answers.
-    reply = call(handle.address, "common:ping")
+    reply = call(handle, "common:ping")
     assert reply.ok
     assert workers.run(workers.backend.exit_info(handle)) is None
 
@@ -487,7 +498,7 @@ def test_oom_kill_is_reported(workers: Workers) -> None:
     handle = workers.start(workers.spec(limits={"memory": "64m"}))
     wait_ping(handle)
     with pytest.raises(grpc.RpcError) as info:
-        call(handle.address, "mock:allocate", {"mb": 200}, timeout=30)
+        call(handle, "mock:allocate", {"mb": 200}, timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     deadline = time.monotonic() + 30
     while (ended := workers.run(workers.backend.exit_info(handle))) is None:

@@ -12,8 +12,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,11 +51,36 @@ def test_elixir_client_suite(tmp_path: Path) -> None:
             pytest.fail("CI=true but Elixir is not installed (apt-get install elixir): the Elixir client must be tested")
         pytest.skip("Elixir is not installed (apt-get install elixir)")
     env = {**os.environ, "MIX_ENV": "test", "MLBRIDGE_EXECUTABLE": str(_mlbridge_wrapper(tmp_path))}
-    proc = subprocess.run([mix, "test"], cwd=CLIENT, env=env,
-                          capture_output=True, text=True, timeout=540)
-    output = proc.stdout + proc.stderr
+    # Its own process group: the orchestrators the suite starts (and their process workers) are in it, so
+    # whatever way mix ends, nothing it started outlives this test.
+    proc = subprocess.Popen([mix, "test"], cwd=CLIENT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        _end_group(proc.pid)
+        output, _ = proc.communicate()
+        pytest.fail(f"mix test did not finish in 540 s:\n{output}")
+    finally:
+        _end_group(proc.pid)
     found = SUMMARY.findall(output)
     assert proc.returncode == 0 and found, f"mix test exited {proc.returncode}:\n{output}"
     doctests, tests, failures = (int(n or 0) for n in found[-1])
     assert failures == 0, output
     assert doctests + tests >= MIN_TESTS, f"only {doctests + tests} tests ran, expected {MIN_TESTS}:\n{output}"
+
+
+def _end_group(pgid: int) -> None:
+    """SIGTERM to what is left of the process group (orchestrators remove their workers), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)

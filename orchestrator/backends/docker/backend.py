@@ -40,6 +40,7 @@ from runtimes.wire.errors import ConfigError, MLBridgeError, Unavailable
 from ..base import (
     LABEL_PREFIX,
     Backend,
+    ControlChannel,
     ExitInfo,
     SupportsEgress,
     SupportsGpus,
@@ -51,13 +52,15 @@ from ..base import (
 from ..gpus import GpuInventory, detect_gpus
 from ..hold import Holds
 from ..mounts import EXPORT_MOUNT, MODELS_MOUNT, ModelMounts
+from ..tls import WORKER_PORT, TcpMtlsChannel, WorkerCA, write_worker_files
 from ..unix import SocketRoot, UnixSocketChannel, mount_tmpfs, worker_tmpfs_options
-from .egress import EgressNetwork
+from .egress import ChannelNetwork, EgressNetwork
 from .engine import Engine
 from .kmsg import KernelOomLog
 from .render import (
     CONTAINER_GID,
     CONTAINER_UID,
+    SOCKET_MOUNT,
     check_network_mode,
     render_run_kwargs,
     split_run_kwargs,
@@ -129,6 +132,10 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
             separate deployments (or test sessions) on one engine never reap
             each other. Unset, they see every mlbridge container on the engine.
         socket_root: where worker socket directories go (a new temp dir by default).
+        worker_channel: ``unix`` (the runtime's socket in the worker's mount) or ``tcp-mtls``
+            (:mod:`..tls`: workers on an internal channel network, icc off, firewalled; each with
+            its own certificate in its mount, issued by the CA kept in ``ca_dir``).
+        ca_dir: where the tcp-mtls CAs live (``<state_dir>/ca``).
     """
 
     name = "docker"
@@ -137,7 +144,8 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
     def __init__(self, *, client: docker.DockerClient | None = None,
                  gpu_inventory: GpuInventory | None = None, stats_ttl_s: float = 2.0,
                  max_threads: int = 16, scope: str | None = None, socket_root: Path | None = None,
-                 model_store: Path | None = None) -> None:
+                 model_store: Path | None = None, worker_channel: str = "unix",
+                 ca_dir: Path | None = None) -> None:
         self.engine = Engine(client)
         self._scope_labels = {SCOPE_LABEL: scope} if scope else {}
         self._gpus = gpu_inventory
@@ -156,13 +164,21 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
         self.sockets = SocketRoot(socket_root)
         self.model_objects = (model_store or Path(tempfile.gettempdir()) / "mlbridge-models") / "objects"
         self._mounts: ModelMounts | None = None
+        if worker_channel not in ("unix", "tcp-mtls"):
+            raise ConfigError(f"worker_channel {worker_channel!r}: the docker backend has unix and tcp-mtls")
+        self.worker_channel = worker_channel
+        self._ca_dir = ca_dir or self.sockets.root / "ca"
+        self._ca: WorkerCA | None = None
+        self._channel_net: ChannelNetwork | None = None
+        self._mounts_of: dict[str, UnixSocketChannel] = {}  # worker id -> its mount (tcp-mtls workers)
 
     @classmethod
     def from_config(cls, config: Config) -> DockerBackend:
         """Orchestrators sharing a state dir are one deployment: the reaper removes
         what an earlier one of them left, never another deployment's workers."""
         scope = hashlib.sha256(str(Path(config.state_dir).resolve()).encode()).hexdigest()[:12]
-        return cls(scope=scope, model_store=config.model_store_path)
+        return cls(scope=scope, model_store=config.model_store_path, worker_channel=config.worker_channel,
+                   ca_dir=Path(config.state_dir) / "ca")
 
     @property
     def mounts(self) -> ModelMounts:
@@ -233,8 +249,14 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
                 continue
             if mode not in ("none", "bridge", "default") and await self._run(self.engine.inspect_network, mode) is None:
                 problems.append(f"bridge {name!r}: docker network {mode!r} does not exist")
+            if self.worker_channel == "tcp-mtls" and mode != "none":
+                problems.append(f"bridge {name!r}: with worker_channel tcp-mtls its workers join the channel "
+                                f"network, so network must be 'none' (not {mode!r}); egress goes through the "
+                                f"policy's allowlists")
         if problems:
             raise ConfigError("docker backend cannot start:\n  " + "\n  ".join(problems))
+        if self.worker_channel == "tcp-mtls":
+            await self._run(self._open_channel)
         for name, cfg in sorted(bridges.items()):
             await self.image_id(name, cfg)
 
@@ -282,6 +304,9 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
                 # Its DNS forwards (should it join the egress network) then go nowhere: see .egress.
                 kwargs["dns"] = [self._egress.gateway]
             prepare_socket_dir(channel)
+            tls = None
+            if self.worker_channel == "tcp-mtls":
+                tls = await self._run(self._tls_worker, spec.worker_id, channel.socket_dir, kwargs)
             if spec.hold:
                 self._holds.hold(spec.worker_id, channel.socket_dir, (CONTAINER_UID, CONTAINER_GID))
             for attempt in (1, 2):
@@ -303,8 +328,52 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
             raise
         log.debug("worker %s: container %s started from %s", spec.worker_id, cid[:12], image)
         boosted = kwargs["nano_cpus"] > int(round(spec.config.limits.cpus * 1e9))
-        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=channel, ref=cid,
+        control: ControlChannel = channel
+        if tls is not None:
+            try:
+                control = await self._run(self._tcp_channel, cid, tls)
+            except BaseException:
+                self._holds.drop(spec.worker_id)
+                await self._run(self._remove_quietly, cid)
+                self.sockets.release(channel)
+                raise
+            self._mounts_of[spec.worker_id] = channel
+        return WorkerHandle(worker_id=spec.worker_id, bridge=spec.bridge, channel=control, ref=cid,
                             image_id=image, backend=self.name, boosted=boosted, held=spec.hold)
+
+    # -- the tcp-mtls channel -----------------------------------------------------------------
+    def _open_channel(self) -> ChannelNetwork:
+        """The CAs and the firewalled channel network (created or adopted once)."""
+        if self._channel_net is None:
+            self._ca = WorkerCA(self._ca_dir)
+            net = ChannelNetwork(self.engine, self._scope, labels=self._scope_labels)
+            net.open()
+            net.protect()
+            self._channel_net = net
+        return self._channel_net
+
+    def _tls_worker(self, worker_id: str, mount: Path, kwargs: dict[str, Any]) -> str:
+        """Put the worker on the channel network with its own certificate in its mount; return the name
+        its certificate carries."""
+        net = self._open_channel()
+        assert self._ca is not None
+        creds = self._ca.issue(worker_id)
+        write_worker_files(mount, creds, uid=CONTAINER_UID, gid=CONTAINER_GID)
+        kwargs["network_mode"] = net.names.network
+        kwargs["environment"].update(MLBRIDGE_LISTEN=f"0.0.0.0:{WORKER_PORT}",
+                                     MLBRIDGE_TLS_DIR=f"{SOCKET_MOUNT}/tls")
+        kwargs.setdefault("dns", [net.gateway])  # docker's resolver then forwards into the firewall's DROP
+        return creds.server_name
+
+    def _tcp_channel(self, cid: str, server_name: str) -> TcpMtlsChannel:
+        net = self._channel_net
+        assert net is not None and self._ca is not None
+        attrs = self.engine.inspect(cid) or {}
+        ip = (((attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(net.names.network) or {}).get(
+            "IPAddress")
+        if not ip:
+            raise Unavailable(f"container {cid[:12]} got no address on the channel network {net.names.network}")
+        return TcpMtlsChannel(str(ip), WORKER_PORT, server_name, self._ca.client_credentials())
 
     async def release(self, handle: WorkerHandle) -> None:
         """Let a held worker's runtime start (see :mod:`runtimes.start`)."""
@@ -357,8 +426,9 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
         finally:
             self._stats.pop(cid, None)
             self._holds.drop(handle.worker_id)
-            assert isinstance(handle.channel, UnixSocketChannel)
-            self.sockets.release(handle.channel)
+            mount = self._mounts_of.pop(handle.worker_id, None) or handle.channel
+            assert isinstance(mount, UnixSocketChannel)
+            self.sockets.release(mount)
             if self._mounts is not None:
                 self._mounts.release(handle.worker_id)
 
@@ -462,9 +532,11 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
         await self._run(self._egress.protect, proxy_port)
 
     async def connect_egress(self, handle: WorkerHandle) -> str:
-        """Move a worker from network ``none`` onto the egress network; return its IP there."""
+        """Move a worker from network ``none`` (or the channel network) onto the egress network; return its IP."""
         if self._egress is None:
             raise ConfigError("the egress network is not open")
+        if self._channel_net is not None:
+            self._egress.also_allowed.add(self._channel_net.names.network)
         return await self._run(self._egress.connect, str(handle.ref))
 
     @property
@@ -552,6 +624,10 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
     async def close(self) -> None:
         with contextlib.suppress(MLBridgeError):
             await self.close_egress()
+        net, self._channel_net = self._channel_net, None
+        if net is not None:
+            with contextlib.suppress(MLBridgeError):
+                await self._run(net.close)
         await self._run(self.engine.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._kernel_oom.close()

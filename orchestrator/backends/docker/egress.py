@@ -41,11 +41,13 @@ from runtimes.wire.errors import ConfigError, Unavailable
 from ..base import LABEL_PREFIX
 from .engine import Engine
 
-__all__ = ["EGRESS_LABEL", "EgressNames", "EgressNetwork", "Firewall", "egress_names"]
+__all__ = ["CHANNEL_LABEL", "EGRESS_LABEL", "ChannelNetwork", "EgressNames", "EgressNetwork", "Firewall",
+           "egress_names", "network_names"]
 
 log = logging.getLogger("mlbridge.backend.docker.egress")
 
 EGRESS_LABEL = f"{LABEL_PREFIX}egress"
+CHANNEL_LABEL = f"{LABEL_PREFIX}channel"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 NAME_OPTION = "com.docker.network.bridge.name"
 MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
@@ -62,11 +64,21 @@ class EgressNames:
     chain: str  # iptables chain
 
 
-def egress_names(scope: str | None) -> EgressNames:
-    """Names derived from the backend's scope (``default`` without one)."""
+#: Each kind of network: (network name prefix, bridge interface prefix, chain prefix).
+_KINDS = {"egress": ("mlbridge-egress", "mlbeg", "MLB-EGRESS"), "channel": ("mlbridge-channel", "mlbch", "MLB-CHAN")}
+
+
+def network_names(kind: str, scope: str | None) -> EgressNames:
+    """Names of an ``egress`` or ``channel`` network, derived from the backend's scope (``default`` without one)."""
+    network, interface, chain = _KINDS[kind]
     tag = "".join(c for c in (scope or "default") if c.isalnum()).lower() or "default"
-    return EgressNames(network=f"mlbridge-egress-{tag}", interface=f"mlbeg-{tag}"[:_IFNAMSIZ],
-                       chain=f"MLB-EGRESS-{tag}"[:28])
+    return EgressNames(network=f"{network}-{tag}", interface=f"{interface}-{tag}"[:_IFNAMSIZ],
+                       chain=f"{chain}-{tag}"[:28])
+
+
+def egress_names(scope: str | None) -> EgressNames:
+    """The egress network's names."""
+    return network_names("egress", scope)
 
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -81,8 +93,12 @@ class Firewall:
         runner: runs one command line (tests pass a fake).
     """
 
-    def __init__(self, names: EgressNames, runner: Runner = _run) -> None:
+    def __init__(self, names: EgressNames, runner: Runner = _run, *,
+                 purpose: str = "egress allowlists need iptables, run as root, to confine the egress network to "
+                                "the proxy; install iptables and run the orchestrator as root, or remove the "
+                                "allowlists from the policy (workers then stay on network none)") -> None:
         self.names = names
+        self.purpose = purpose
         self._run = runner
         self._v6 = False
         self.installed = False
@@ -104,9 +120,7 @@ class Firewall:
         Raises:
             ConfigError: not root, a tool missing, or it does not work.
         """
-        fix = ("egress allowlists need iptables, run as root, to confine the egress network to the "
-               "proxy; install iptables and run the orchestrator as root, or remove the allowlists "
-               "from the policy (workers then stay on network none)")
+        fix = self.purpose
         if os.geteuid() != 0:
             raise ConfigError(f"not running as root: {fix}")
         families = [4] + ([6] if os.path.exists("/proc/net/if_inet6") else [])
@@ -123,20 +137,25 @@ class Firewall:
         self._v6 = 6 in families
 
     def install(self, gateway: str, port: int) -> None:
-        """(Re)write the chain and hook it in front of INPUT and FORWARD for the interface."""
+        """Let the interface's traffic reach ``gateway:port`` (IPv4) and nothing else."""
+        self.install_rules([["-d", f"{gateway}/32", "-p", "tcp", "--dport", str(port)]], [])
+        log.info("egress firewall: %s may reach only %s:%d (chain %s)", self.names.interface, gateway, port,
+                 self.names.chain)
+
+    def install_rules(self, v4: Sequence[Sequence[str]], v6: Sequence[Sequence[str]]) -> None:
+        """(Re)write the chain, ACCEPT for each rule's match then DROP, and hook it in front of INPUT and
+        FORWARD for the interface."""
         chain, iface = self.names.chain, self.names.interface
         for family in (4, 6) if self._v6 else (4,):
             if self._ipt(family, "-N", chain).returncode != 0:
                 self._must(family, "-F", chain)  # left by a killed orchestrator: rewrite it
-            if family == 4:
-                self._must(family, "-A", chain, "-d", f"{gateway}/32", "-p", "tcp", "--dport", str(port),
-                           "-j", "ACCEPT")
+            for rule in v4 if family == 4 else v6:
+                self._must(family, "-A", chain, *rule, "-j", "ACCEPT")
             self._must(family, "-A", chain, "-j", "DROP")
             for hook, direction in _HOOKS:
                 if self._ipt(family, "-C", hook, direction, iface, "-j", chain).returncode != 0:
                     self._must(family, "-I", hook, "1", direction, iface, "-j", chain)
         self.installed = True
-        log.info("egress firewall: %s may reach only %s:%d (chain %s)", iface, gateway, port, chain)
 
     def remove(self) -> None:
         """Unhook and delete the chain (quietly: what is not there is fine)."""
@@ -169,15 +188,21 @@ class EgressNetwork:
         runner: runs iptables command lines (tests pass a fake).
     """
 
+    kind = "egress"
+    label = EGRESS_LABEL
+    purpose: str | None = None  # what the firewall check says is needed; the egress wording by default
+
     def __init__(self, engine: Engine, scope: str | None, labels: dict[str, str] | None = None,
                  runner: Runner = _run) -> None:
         self._engine = engine
-        self.names = egress_names(scope)
-        self.labels = {**(labels or {}), EGRESS_LABEL: "1"}
-        self.firewall = Firewall(self.names, runner)
+        self.names = network_names(self.kind, scope)
+        self.labels = {**(labels or {}), self.label: "1"}
+        self.firewall = Firewall(self.names, runner, **({"purpose": self.purpose} if self.purpose else {}))
         self.network_id = ""
         self.subnet = ""
         self.gateway = ""
+        #: Other networks a worker may be on when it joins this one (the control channel's, itself confined).
+        self.also_allowed: set[str] = set()
 
     def open(self) -> str:
         """Create the network (or adopt the one a killed orchestrator left); return the gateway IP.
@@ -199,8 +224,8 @@ class EgressNetwork:
         opts = info.get("Options") or {}
         if (not info.get("Internal") or opts.get(ICC_OPTION) != "false"
                 or opts.get(NAME_OPTION) != self.names.interface
-                or (info.get("Labels") or {}).get(EGRESS_LABEL) != "1"):
-            raise ConfigError(f"docker network {name!r} exists but is not an internal mlbridge egress network "
+                or (info.get("Labels") or {}).get(self.label) != "1"):
+            raise ConfigError(f"docker network {name!r} exists but is not an internal mlbridge {self.kind} network "
                               f"(internal, {ICC_OPTION}=false, bridge {self.names.interface}); remove it "
                               f"with `docker network rm {name}`")
         configs = (info.get("IPAM") or {}).get("Config") or []
@@ -210,7 +235,7 @@ class EgressNetwork:
         self.network_id = str(info["Id"])
         self.subnet = str(v4[0]["Subnet"])
         self.gateway = str(v4[0]["Gateway"]).split("/", 1)[0]
-        log.info("egress network %s: subnet %s, gateway %s, bridge %s", name, self.subnet, self.gateway,
+        log.info("%s network %s: subnet %s, gateway %s, bridge %s", self.kind, name, self.subnet, self.gateway,
                  self.names.interface)
         return self.gateway
 
@@ -231,7 +256,7 @@ class EgressNetwork:
             raise Unavailable("the egress firewall is not installed; refusing to connect a worker")
         engine = self._engine
         attached = self._networks(container_id)
-        others = sorted(set(attached) - {"none", self.names.network})
+        others = sorted(set(attached) - {"none", self.names.network, *self.also_allowed})
         if others:
             raise ConfigError(f"container {container_id[:12]} is on network(s) {', '.join(others)}; egress "
                               "allowlists need bridges whose workers start on network none")
@@ -269,3 +294,30 @@ class EgressNetwork:
                 return
         self.firewall.remove()
         self.network_id = ""
+
+
+class ChannelNetwork(EgressNetwork):
+    """The internal network of the tcp-mtls control channel (``worker_channel: tcp-mtls``).
+
+    Workers start on it (not on ``none``) and listen there for the orchestrator,
+    which dials them from the host. Like the egress network it is internal, with
+    inter-container traffic off, and its firewall chain drops whatever its
+    workers send to the host or beyond, except the replies on connections the
+    host opened (conntrack ESTABLISHED): a worker can reach neither another
+    worker's port nor any service of the host.
+    """
+
+    kind = "channel"
+    label = CHANNEL_LABEL
+    purpose = ("worker_channel tcp-mtls needs iptables, run as root, to keep workers on the channel network "
+               "from reaching the host and each other; install iptables and run the orchestrator as root, or "
+               "use worker_channel: unix")
+
+    def protect(self, port: int = 0) -> None:
+        """Install the firewall: replies to the host's connections pass, nothing else (``port`` is unused)."""
+        if not self.gateway:
+            raise Unavailable("the channel network is not open")
+        established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
+        self.firewall.install_rules([established], [established])
+        log.info("channel firewall: %s carries only replies to the orchestrator (chain %s)",
+                 self.names.interface, self.names.chain)

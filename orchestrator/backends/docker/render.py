@@ -46,6 +46,8 @@ LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "3"
 #: Variables the backend sets last, so config and spec cannot override them.
 RESERVED_ENV = ("MLBRIDGE_BRIDGE", "MLBRIDGE_MAX_MESSAGE_BYTES", "TINI_SUBREAPER")
+#: The control channel's variables: the backend's alone (set for tcp-mtls workers), never a bridge's env.
+CHANNEL_ENV = ("MLBRIDGE_LISTEN", "MLBRIDGE_TLS_DIR")
 #: Network modes that would join a namespace shared with the host or another container.
 _SHARED_NETWORKS = ("host",)
 _SHARED_PREFIXES = ("container:", "service:")
@@ -81,6 +83,8 @@ def _environment(spec: WorkerSpec) -> dict[str, str]:
         if not _ENV_NAME.match(key) or "\0" in str(value):
             raise ConfigError(f"invalid environment variable {key!r} for bridge {spec.bridge!r}")
         env[key] = str(value)
+    for key in CHANNEL_ENV:
+        env.pop(key, None)
     env["MLBRIDGE_BRIDGE"] = spec.runtime
     env["MLBRIDGE_MAX_MESSAGE_BYTES"] = str(spec.max_message_bytes)
     # docker-init is PID 1; the image's tini below it must be a subreaper to reap orphans.
