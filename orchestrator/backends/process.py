@@ -51,16 +51,23 @@ class ProcessBackend(Backend, SupportsHold):
         self._warned = False
         self.sockets = SocketRoot(socket_root)
         self._holds = Holds()
+        self._ca: WorkerCA | None = None
+        self._mounts: dict[str, UnixSocketChannel] = {}  # worker id -> its directory
+        self.use_channel(worker_channel, ca_dir)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ProcessBackend:
+        backend = cls()  # subclasses keep their own constructor
+        backend.use_channel(config.worker_channel, Path(config.state_dir) / "ca")
+        return backend
+
+    def use_channel(self, worker_channel: str, ca_dir: Path | None = None) -> None:
+        """Serve workers over ``unix`` or ``tcp-mtls`` (with the CAs kept in ``ca_dir``)."""
         if worker_channel not in ("unix", "tcp-mtls"):
             raise ConfigError(f"worker_channel {worker_channel!r}: the process backend has unix and tcp-mtls")
         self.worker_channel = worker_channel
         self._ca_dir = ca_dir or self.sockets.root / "ca"
-        self._ca: WorkerCA | None = None
-        self._mounts: dict[str, UnixSocketChannel] = {}  # worker id -> its directory
-
-    @classmethod
-    def from_config(cls, config: Config) -> ProcessBackend:
-        return cls(worker_channel=config.worker_channel, ca_dir=Path(config.state_dir) / "ca")
+        self._ca = None
 
     def _dir(self, handle: WorkerHandle) -> UnixSocketChannel:
         mount = self._mounts.get(handle.worker_id, handle.channel)
