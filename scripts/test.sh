@@ -44,3 +44,10 @@ echo "== tests"
 # The DSPex flow runs on both backends: process workers and real docker workers.
 export MLBRIDGE_DSPEX_BACKENDS="${MLBRIDGE_DSPEX_BACKENDS:-process,docker}"
 "$PY" -m pytest tests -q -p no:cacheprovider "$@"
+
+echo "== the docker tests again, over the tcp-mtls worker channel (tests that start no worker left out)"
+MLBRIDGE_TEST_WORKER_CHANNEL=tcp-mtls "$PY" -m pytest tests/integration tests/security tests/chaos -m docker \
+    -q -p no:cacheprovider \
+    --ignore=tests/integration/test_elixir_client.py --ignore=tests/integration/test_testcontainers.py \
+    --ignore=tests/integration/test_wheel_anywhere.py --ignore=tests/integration/test_image_rollback_docker.py \
+    --ignore=tests/integration/test_images.py

@@ -34,6 +34,7 @@ import pytest
 
 from orchestrator.backends.base import WorkerHandle, WorkerSpec
 from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends.docker.egress import network_names
 from orchestrator.backends.tls import TcpMtlsChannel
 from orchestrator.claims import NO_SETTINGS, ClaimPipeline
 from orchestrator.config import BridgeConfig, Config
@@ -160,6 +161,11 @@ def wait_ping(handle: WorkerHandle, timeout: float = 30.0, poll: float = 0.005) 
     raise AssertionError(f"worker {handle.worker_id} did not answer common:ping within {timeout}s: {last}")
 
 
+def attrs_ip(client: docker.DockerClient, cid: str, network: str) -> str:
+    """The container's address on ``network``."""
+    return str(client.api.inspect_container(cid)["NetworkSettings"]["Networks"][network]["IPAddress"])
+
+
 def docker_bridge_ipv4(client: docker.DockerClient) -> str:
     """This machine's address on docker0 (the default bridge's gateway)."""
     try:
@@ -192,7 +198,11 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     assert waited < 30
 
     socket_dir = workers.root / spec.worker_id
-    assert handle.address == f"unix://{socket_dir}/runtime.sock"
+    network = "none" if WORKER_CHANNEL == "unix" else network_names("channel", workers.scope).network
+    if WORKER_CHANNEL == "unix":
+        assert handle.address == f"unix://{socket_dir}/runtime.sock"
+    else:  # tcp-mtls: the runtime listens on the channel network; its mount holds its certificate
+        assert handle.address == f"{attrs_ip(client, handle.ref, network)}:7443"
     assert handle.backend == "docker"
     st = socket_dir.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o700)
@@ -223,7 +233,7 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     assert hc["Ulimits"] == [{"Name": "nofile", "Soft": 512, "Hard": 512}]
     assert hc["IpcMode"] == "private"
     assert hc["CgroupnsMode"] == "private"
-    assert hc["NetworkMode"] == "none"
+    assert hc["NetworkMode"] == network
     assert hc["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
     assert hc["Init"] is True
     assert hc["Runtime"] == "runc"
@@ -235,7 +245,7 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     assert [(m["Type"], m["Source"], m["Destination"], m["RW"]) for m in mounts] == [
         ("bind", str(socket_dir), "/run/mlbridge", True)
     ]
-    assert set(attrs["NetworkSettings"]["Networks"]) == {"none"}
+    assert set(attrs["NetworkSettings"]["Networks"]) == {network}
 
     # The kernel's view from inside: uid, no capabilities, no-new-privs, seccomp filtering.
     code, out = run_in(client, handle.ref, """
@@ -247,7 +257,7 @@ def test_worker_answers_and_is_hardened(workers: Workers, client: docker.DockerC
     assert code == 0, out
     assert out.split() == ["10001", "10001", "0000000000000000", "0000000000000000", "1", "2"]
     code, out = run_in(client, handle.ref, "import os; print(os.listdir('/run/mlbridge'))")
-    assert code == 0 and out.strip() == "['runtime.sock']", out
+    assert code == 0 and out.strip() == ("['runtime.sock']" if WORKER_CHANNEL == "unix" else "['tls']"), out
 
 
 def test_stop_removes_container_and_socket_dir_and_keeps_exit_info(workers: Workers,
@@ -260,7 +270,7 @@ def test_stop_removes_container_and_socket_dir_and_keeps_exit_info(workers: Work
     workers.run(workers.backend.stop(handle, timeout=5))
     with pytest.raises(docker.errors.NotFound):
         client.api.inspect_container(handle.ref)
-    assert not handle.channel.socket_dir.exists()
+    assert not (workers.root / handle.worker_id).exists()
     info = workers.run(workers.backend.exit_info(handle))
     assert info is not None and not info.oom_killed
     assert info.exit_code == 0  # SIGTERM: the runtime shut down gracefully
@@ -461,7 +471,8 @@ def test_escapes_fail_inside_the_sandbox(workers: Workers, client: docker.Docker
     assert lines["mount"] == f"-1 {errno.EPERM}", out
     assert lines["unshare"] == f"-1 {errno.EPERM}", out
 
-    # Network none: a listener on this machine's docker bridge address is unreachable.
+    # Network none (or the firewalled channel network): a listener on this machine's docker bridge address
+    # is unreachable.
     host, port, accepted = host_listener
     code, out = run_in(client, cid, CONNECT.format(host=host, port=port))
     assert code == 1 and out.startswith("ERRNO"), out
@@ -477,6 +488,10 @@ def test_escapes_fail_inside_the_sandbox(workers: Workers, client: docker.Docker
 def test_bridge_network_reaches_the_listener(workers: Workers, client: docker.DockerClient,
                                              host_listener: tuple[str, int, list[Any]]) -> None:
     """Control for the network-none probe: the same connect works when policy grants a network."""
+    # The control is about docker's bridge network, which a tcp-mtls worker never joins: a unix-channel backend.
+    if workers.backend.worker_channel != "unix":
+        workers.run(workers.backend.close())
+        workers.backend = DockerBackend(scope=workers.scope, socket_root=workers.root)
     handle = workers.start(workers.spec(network="bridge"))
     wait_ping(handle)
     host, port, accepted = host_listener

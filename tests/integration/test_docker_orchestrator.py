@@ -11,8 +11,9 @@ import pytest
 
 from orchestrator import DeadlineExceeded, MLBridge
 from orchestrator.app import App
+from orchestrator.backends.docker.egress import network_names
 from runtimes.wire.errors import ConfigError, ImageMismatch, OutOfMemory, WorkerDied
-from tests.harness import Background, ServerThread, make_config
+from tests.harness import WORKER_CHANNEL, Background, ServerThread, make_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -40,6 +41,13 @@ def ours(dk: docker.DockerClient, srv: ServerThread) -> list:
     return dk.containers.list(filters={"label": f"io.mlbridge.orchestrator={srv.orch.id}"})
 
 
+def worker_network(srv: ServerThread) -> str:
+    """The network a worker starts on: none, or the channel network with worker_channel tcp-mtls."""
+    if WORKER_CHANNEL == "unix":
+        return "none"
+    return network_names("channel", srv.app.backend._scope).network  # type: ignore[attr-defined]
+
+
 def test_serves_from_hardened_containers(srv: ServerThread, dk: docker.DockerClient) -> None:
     with MLBridge.connect(srv.target) as mb:
         assert mb.call("mock", "mock:echo", {"x": 1}) == {"x": 1}
@@ -65,7 +73,7 @@ def test_serves_from_hardened_containers(srv: ServerThread, dk: docker.DockerCli
         assert "no-new-privileges:true" in host["SecurityOpt"]
         assert not any("unconfined" in o for o in host["SecurityOpt"])
         assert host["ReadonlyRootfs"] is True and host["Privileged"] is False
-        assert host["NetworkMode"] == "none"
+        assert host["NetworkMode"] == worker_network(srv)
         assert host["Memory"] == 128 * 1024 * 1024 == host["MemorySwap"]
         wid = a["Config"]["Labels"]["io.mlbridge.worker"]
         # The start-up CPU boost lasts until a worker is ready, so a held one still has it.

@@ -25,7 +25,8 @@ import docker
 import pytest
 
 from orchestrator import MLBridge
-from tests.harness import ServerThread, digest, make_config
+from orchestrator.backends.docker.egress import network_names
+from tests.harness import WORKER_CHANNEL, ServerThread, digest, make_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -204,11 +205,18 @@ def test_network_and_firewall_are_set_up(env: dict[str, Any], dk: docker.DockerC
     assert rules.rstrip().endswith(f"-A {net.names.chain} -j DROP")
     hooks = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
     assert f"-A INPUT -i {net.names.interface} -j {net.names.chain}" in hooks
-    # Spares are tenant-neutral and stay on network none until claimed.
+    # Spares are tenant-neutral and stay on network none (or the channel network) until claimed.
     for w in srv.orch.pools["custom"].workers.values():
         if not w.tenant:
             nets = dk.containers.get(w.handle.ref).attrs["NetworkSettings"]["Networks"]
-            assert set(nets) == {"none"}
+            assert set(nets) == start_networks(srv)
+
+
+def start_networks(srv: ServerThread) -> set[str]:
+    """Where a worker starts: network none, or the channel network with worker_channel tcp-mtls."""
+    if WORKER_CHANNEL == "unix":
+        return {"none"}
+    return {network_names("channel", srv.app.backend._scope).network}
 
 
 def test_allowed_target_round_trips_through_the_proxy(env: dict[str, Any], dk: docker.DockerClient) -> None:
@@ -221,7 +229,7 @@ def test_allowed_target_round_trips_through_the_proxy(env: dict[str, Any], dk: d
     assert env["allowed"].connections == 1
     worker = worker_of(env, "net")
     nets = dk.containers.get(worker.handle.ref).attrs["NetworkSettings"]["Networks"]
-    assert set(nets) == {env["srv"].orch.backend.egress.names.network}
+    assert set(nets) == {env["srv"].orch.backend.egress.names.network} | (start_networks(env["srv"]) - {"none"})
     ip = address_of(env, "net")
     assert nets[env["srv"].orch.backend.egress.names.network]["IPAddress"] == ip
     assert proxy.sources()[ip] == {"tenant": "net", "bridge": "custom", "worker_id": worker.id}
@@ -259,9 +267,11 @@ def test_tenant_without_allowlist_has_no_network(env: dict[str, Any], dk: docker
     proxy = env["srv"].app.egress.proxy
     out = probe(env, "nonet", action="direct", host=env["gateway"], port=proxy.port, timeout=3)
     assert out["env"] == {"HTTPS_PROXY": None, "HTTP_PROXY": None, "NO_PROXY": None, "https_proxy": None}
-    assert out["connected"] is False and "unreachable" in out["error"].lower(), out
+    # No network: unreachable; on the channel network its firewall rejects the attempt: no route to host.
+    assert out["connected"] is False and ("unreachable" in out["error"].lower() if WORKER_CHANNEL == "unix"
+                                          else "no route to host" in out["error"].lower()), out
     nets = dk.containers.get(worker_of(env, "nonet").handle.ref).attrs["NetworkSettings"]["Networks"]
-    assert set(nets) == {"none"}
+    assert set(nets) == start_networks(env["srv"])
     assert worker_of(env, "nonet").id not in {s["worker_id"] for s in proxy.sources().values()}
 
 

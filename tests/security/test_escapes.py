@@ -23,6 +23,8 @@ from typing import Any
 import docker
 import pytest
 
+from tests.harness import WORKER_CHANNEL
+
 from .conftest import (
     CUSTOM_ENV,
     HOST_MARKER,
@@ -273,8 +275,9 @@ ENGINE_SOCKET_PATHS = [
 def test_no_container_engine_socket_is_reachable(sandbox: Sandbox) -> None:
     before = sandbox.claim()
     result = sandbox.result(ENGINE_SOCKETS, {"candidates": ENGINE_SOCKET_PATHS}, deadline_s=20)
-    # The only socket in the whole file system is the worker's own runtime socket.
-    assert result["sockets"] == ["/run/mlbridge/runtime.sock"], result["sockets"]
+    # The only socket in the whole file system is the worker's own runtime socket (none on tcp-mtls).
+    expected = ["/run/mlbridge/runtime.sock"] if WORKER_CHANNEL == "unix" else []
+    assert result["sockets"] == expected, result["sockets"]
     assert result["var_run"] == "/run"
     assert result["run"] == ["lock", "mlbridge"], result["run"]
     for path in ENGINE_SOCKET_PATHS:
@@ -330,6 +333,7 @@ def test_no_host_environment_or_processes_are_visible(sandbox: Sandbox) -> None:
     image_env = _image_env()
     allowed = set(image_env) | set(CUSTOM_ENV) | {"HOSTNAME", "HOME", "PWD", "MLBRIDGE_BRIDGE",
                                                   "MLBRIDGE_MAX_MESSAGE_BYTES", "TINI_SUBREAPER",
+                                                  "MLBRIDGE_LISTEN", "MLBRIDGE_TLS_DIR",  # tcp-mtls
                                                   "GRPC_ENABLE_FORK_SUPPORT"}  # set by the runtime itself
     assert set(env) <= allowed, sorted(set(env) - allowed)
     for key, value in image_env.items():
@@ -467,10 +471,16 @@ def main(inputs):
 def test_network_none_reaches_no_host_listener(sandbox: Sandbox, listeners: Listeners) -> None:
     before = sandbox.claim()
     result = sandbox.result(NETWORK, listeners.ports(), deadline_s=15)
-    assert result["interfaces"] == ["lo"], result
-    assert result["routes"] == [], result
-    assert result["tcp_bridge"] == "ENETUNREACH", result
-    assert result["udp_bridge"] == "ENETUNREACH", result
+    if WORKER_CHANNEL == "unix":
+        assert result["interfaces"] == ["lo"], result
+        assert result["routes"] == [], result
+        assert result["tcp_bridge"] == "ENETUNREACH", result
+        assert result["udp_bridge"] == "ENETUNREACH", result
+    else:  # tcp-mtls: one interface, on the channel network, whose firewall drops whatever the worker sends
+        assert result["interfaces"] == ["eth0", "lo"], result
+        assert {r.split()[0] for r in result["routes"]} == {"eth0"}, result
+        assert result["tcp_bridge"] == "EHOSTUNREACH", result  # rejected by the channel network's firewall
+        assert result["udp_bridge"] == "sent", result  # (it leaves the socket; nothing arrives: below)
     # The worker's loopback is its own: the host's loopback listener is not there.
     assert result["tcp_loopback"] == "ECONNREFUSED", result
     # Abstract unix sockets are per network namespace: the host's are invisible.

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -56,6 +57,7 @@ from ..tls import WORKER_PORT, TcpMtlsChannel, WorkerCA, write_worker_files
 from ..unix import SocketRoot, UnixSocketChannel, mount_tmpfs, worker_tmpfs_options
 from .egress import ChannelNetwork, EgressNetwork
 from .engine import Engine
+from .errors import EngineUnreachable
 from .kmsg import KernelOomLog
 from .render import (
     CONTAINER_GID,
@@ -171,6 +173,7 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
         self._ca: WorkerCA | None = None
         self._channel_net: ChannelNetwork | None = None
         self._mounts_of: dict[str, UnixSocketChannel] = {}  # worker id -> its mount (tcp-mtls workers)
+        self._channel_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: Config) -> DockerBackend:
@@ -286,10 +289,17 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
         """Create and start the worker's container; return once it is launched (not ready).
 
         Raises:
-            ConfigError: engine unreachable, image missing, bad limits or GPU ids.
+            ConfigError: image missing, bad limits or GPU ids.
             ImageMismatch: the image is not the one mlbridge built.
-            Unavailable: the engine refused to create or start the container.
+            Unavailable: the engine refused to create or start the container, or does not answer (it
+                answered when the backend was prepared: a restart, say; callers retry).
         """
+        try:
+            return await self._start(spec)
+        except EngineUnreachable as err:
+            raise Unavailable(err.message, details={"engine": "unreachable"}) from err
+
+    async def _start(self, spec: WorkerSpec) -> WorkerHandle:
         image = await self.image_id(spec.bridge, spec.config)
         channel = self.sockets.channel(spec.worker_id)
         try:
@@ -344,6 +354,10 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
     # -- the tcp-mtls channel -----------------------------------------------------------------
     def _open_channel(self) -> ChannelNetwork:
         """The CAs and the firewalled channel network (created or adopted once)."""
+        with self._channel_lock:  # workers start on several executor threads at once
+            return self._open_channel_locked()
+
+    def _open_channel_locked(self) -> ChannelNetwork:
         if self._channel_net is None:
             self._ca = WorkerCA(self._ca_dir)
             net = ChannelNetwork(self.engine, self._scope, labels=self._scope_labels)

@@ -142,16 +142,17 @@ class Firewall:
         log.info("egress firewall: %s may reach only %s:%d (chain %s)", self.names.interface, gateway, port,
                  self.names.chain)
 
-    def install_rules(self, v4: Sequence[Sequence[str]], v6: Sequence[Sequence[str]]) -> None:
-        """(Re)write the chain, ACCEPT for each rule's match then DROP, and hook it in front of INPUT and
-        FORWARD for the interface."""
+    def install_rules(self, v4: Sequence[Sequence[str]], v6: Sequence[Sequence[str]], *,
+                      final: tuple[Sequence[str], Sequence[str]] = (("DROP",), ("DROP",))) -> None:
+        """(Re)write the chain, ACCEPT for each rule's match then ``final`` (v4, v6: DROP by default), and
+        hook it in front of INPUT and FORWARD for the interface."""
         chain, iface = self.names.chain, self.names.interface
         for family in (4, 6) if self._v6 else (4,):
             if self._ipt(family, "-N", chain).returncode != 0:
                 self._must(family, "-F", chain)  # left by a killed orchestrator: rewrite it
             for rule in v4 if family == 4 else v6:
                 self._must(family, "-A", chain, *rule, "-j", "ACCEPT")
-            self._must(family, "-A", chain, "-j", "DROP")
+            self._must(family, "-A", chain, "-j", *final[0 if family == 4 else 1])
             for hook, direction in _HOOKS:
                 if self._ipt(family, "-C", hook, direction, iface, "-j", chain).returncode != 0:
                     self._must(family, "-I", hook, "1", direction, iface, "-j", chain)
@@ -304,7 +305,9 @@ class ChannelNetwork(EgressNetwork):
     inter-container traffic off, and its firewall chain drops whatever its
     workers send to the host or beyond, except the replies on connections the
     host opened (conntrack ESTABLISHED): a worker can reach neither another
-    worker's port nor any service of the host.
+    worker's port nor any service of the host. What it sends is rejected, not
+    dropped, so a worker with no egress fails at once ("no route to host"), as
+    on network ``none``, instead of waiting out a timeout.
     """
 
     kind = "channel"
@@ -318,6 +321,7 @@ class ChannelNetwork(EgressNetwork):
         if not self.gateway:
             raise Unavailable("the channel network is not open")
         established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
-        self.firewall.install_rules([established], [established])
+        self.firewall.install_rules([established], [established], final=(
+            ("REJECT", "--reject-with", "icmp-host-prohibited"), ("REJECT", "--reject-with", "icmp6-adm-prohibited")))
         log.info("channel firewall: %s carries only replies to the orchestrator (chain %s)",
                  self.names.interface, self.names.chain)

@@ -22,12 +22,17 @@ __all__ = ["ENGINE_HINT", "check_engine_socket", "engine_unreachable", "translat
 ENGINE_HINT = "start it with `scripts/docker-engine.sh up` (or point DOCKER_HOST at a running engine)"
 
 
+class EngineUnreachable(ConfigError):
+    """The engine does not answer: a setup problem at start, a transient one once it has answered
+    (:meth:`~orchestrator.backends.docker.DockerBackend.start` then says ``UNAVAILABLE``)."""
+
+
 def engine_unreachable(exc: BaseException) -> ConfigError:
     cause = str(exc)
     if "Permission denied" in cause or "PermissionError" in cause:
-        return ConfigError(f"cannot reach the Docker engine: permission denied on its socket ({cause}); "
+        return EngineUnreachable(f"cannot reach the Docker engine: permission denied on its socket ({cause}); "
                            "run as root or as a member of the docker group")
-    return ConfigError(f"cannot reach the Docker engine ({cause}): {ENGINE_HINT}")
+    return EngineUnreachable(f"cannot reach the Docker engine ({cause}): {ENGINE_HINT}")
 
 
 def check_engine_socket() -> None:
