@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.docker.egress import EgressNames, Firewall, egress_names
+from orchestrator.backends.docker.egress import EgressNames, Firewall, egress_names, network_names
 from orchestrator.egress import (
     EgressDecision,
     EgressProxy,
@@ -553,3 +553,22 @@ tenants:
         assert srv.run(egress.attach("acme", worker)) == {}
     warnings = [r.getMessage() for r in caplog.records if "NOT ENFORCED" in r.getMessage()]
     assert len(warnings) == 1 and "tenants acme" in warnings[0] and "process backend" in warnings[0]
+
+
+def test_channel_firewall_passes_only_replies_and_rejects_the_rest() -> None:
+    fake = FakeIptables()
+    names = network_names("channel", "abc")
+    assert names == EgressNames("mlbridge-channel-abc", "mlbch-abc", "MLB-CHAN-abc")
+    fw = Firewall(names, runner=fake)
+    fw._v6 = True  # as check() finds on a host with IPv6
+    fw.install_rules([["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]],
+                     [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]],
+                     final=(("REJECT", "--reject-with", "icmp-host-prohibited"),
+                            ("REJECT", "--reject-with", "icmp6-adm-prohibited")))
+    for tool, reject in (("iptables", "icmp-host-prohibited"), ("ip6tables", "icmp6-adm-prohibited")):
+        rules = [c[3:] for c in fake.calls if c[0] == tool and c[3] == "-A"]
+        assert rules == [["-A", "MLB-CHAN-abc", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+                         ["-A", "MLB-CHAN-abc", "-j", "REJECT", "--reject-with", reject]], tool
+        hooks = [c[3:] for c in fake.calls if c[0] == tool and c[3] == "-I"]
+        assert ["-I", "INPUT", "1", "-i", "mlbch-abc", "-j", "MLB-CHAN-abc"] in hooks
+        assert ["-I", "FORWARD", "1", "-o", "mlbch-abc", "-j", "MLB-CHAN-abc"] in hooks
