@@ -39,6 +39,7 @@ bench: install  ## the benchmarks; results go to docs/benchmarks.md
 	$(PY) -m benchmarks.port
 	$(PY) -m benchmarks.docker_startup
 	$(PY) -m benchmarks.startup
+	$(PY) -m benchmarks.capacity
 	$(PY) -m benchmarks.langchain
 	$(PY) -m benchmarks.peers.venvs
 	$(PY) -m benchmarks.transformers

@@ -3,7 +3,15 @@
 ``from orchestrator import MLBridge`` is all a Python user needs.
 """
 
-from runtimes.wire.errors import (
+import os
+
+# gRPC's fork handlers run in every child the orchestrator forks while its gRPC threads are busy (the process
+# backend's workers, a probe's subprocess) and can abort that child before it execs ("Other threads are
+# currently calling into gRPC, skipping fork() handlers", then SIGABRT or SIGSEGV). Nothing here forks to keep
+# using gRPC in the child, so they are off unless the environment says otherwise. Set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+from runtimes.wire.errors import (  # noqa: E402
     Cancelled,
     DeadlineExceeded,
     FrameworkError,
@@ -16,7 +24,7 @@ from runtimes.wire.errors import (
     Unavailable,
     UnknownCommand,
 )
-from runtimes.wire.version import __version__ as __version__
+from runtimes.wire.version import __version__ as __version__  # noqa: E402
 
 from .client import AsyncMLBridge, CallResult, Event, MLBridge
 
