@@ -145,6 +145,9 @@ def check_audit(path: str | Path, records: Sequence[CallRecord]) -> dict[str, An
             "reason": result.reason, "calls_checked": len(records), "missing": len(missing),
             "missing_sample": missing[:10], "mismatched": len(mismatched), "mismatched_sample": mismatched[:10],
             "duplicated": duplicated, "worker_kills_by_cause": dict(sorted(causes.items())),
+            # The orchestrator's word on each killed worker's end (its last worker_kill record).
+            "worker_kill_causes": {str(k["worker_id"]): str((k.get("extra") or {}).get("cause", ""))
+                                   for k in kills if k.get("event") == "worker_kill" and k.get("worker_id")},
             "oom_killed_workers": sorted(str(k.get("worker_id")) for k in kills
                                          if (k.get("extra") or {}).get("cause") == "oom")}
 

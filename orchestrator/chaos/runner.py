@@ -343,18 +343,7 @@ class Chaos:
         """What the orchestrator recorded of each faulted worker's end (the audit log's worker_kill cause)."""
         if report.audit is None:
             return
-        path = report.audit["path"]
-        import json
-
-        causes: dict[str, str] = {}
-        with open(path, "rb") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get("event") == "worker_kill" and rec.get("worker_id"):
-                    causes[str(rec["worker_id"])] = str((rec.get("extra") or {}).get("cause", ""))
+        causes: dict[str, str] = report.audit["worker_kill_causes"]  # read once, by check_audit
         for f in report.faults:
             if f.worker.worker_id in causes:
                 f.result.details["orchestrator_cause"] = causes[f.worker.worker_id]
