@@ -111,14 +111,24 @@ class _Signals:
     """Faults made of signals to one host process (the process backend, and ``cut`` everywhere)."""
 
     @staticmethod
-    def stop_for(pid: int, seconds: float, stop: threading.Event | None) -> FaultResult:
+    def _pause(pid: int, seconds: float, stop: threading.Event | None) -> tuple[float, bool] | None:
+        """SIGSTOP ``pid`` for ``seconds``, then SIGCONT: (when it stopped, whether it was still there to
+        continue), or None when it was gone already."""
         if not _signal(pid, signal.SIGSTOP):
-            return FaultResult(gone=True, effect="already gone")
+            return None
         at = _now()
         try:
             _sleep(seconds, stop)
         finally:
             alive = _signal(pid, signal.SIGCONT)
+        return at, alive
+
+    @staticmethod
+    def stop_for(pid: int, seconds: float, stop: threading.Event | None) -> FaultResult:
+        paused = _Signals._pause(pid, seconds, stop)
+        if paused is None:
+            return FaultResult(gone=True, effect="already gone")
+        at, alive = paused
         return FaultResult(effect=f"stopped {seconds:g} s" + ("" if alive else "; ended meanwhile"), effective_at=at)
 
     @staticmethod
@@ -144,16 +154,13 @@ class _Signals:
             raise ChaosRefused("cut needs the runtime's host pid (run on the engine's host, as root)")
         hidden = _hide_socket(socket_path)
         try:
-            if not _signal(pid, signal.SIGSTOP):
-                return FaultResult(gone=True, effect="already gone")
-            at = _now()
-            try:
-                _sleep(seconds, stop)
-            finally:
-                alive = _signal(pid, signal.SIGCONT)
+            paused = _Signals._pause(pid, seconds, stop)
         finally:
             if hidden and socket_path:
                 _restore_socket(socket_path)
+        if paused is None:
+            return FaultResult(gone=True, effect="already gone")
+        at, alive = paused
         effect = f"runtime stopped {seconds:g} s" + (", socket hidden" if hidden else ", socket not reachable here")
         return FaultResult(effect=effect + ("" if alive else "; ended meanwhile"), effective_at=at)
 
