@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "WorkerHandle",
     "WorkerLimits",
     "WorkerSpec",
+    "remember",
     "resolve_runtime",
 ]
 
@@ -51,6 +53,18 @@ def _installed_bridges() -> dict[str, str]:
     from importlib import metadata
 
     return {ep.name: ep.value for ep in metadata.entry_points(group=BRIDGE_ENTRY_POINTS)}
+
+
+#: How many ended workers' exit infos (and stop modes) a backend keeps after removing them, for exit_info().
+ENDED_MEMORY = 4096
+
+
+def remember(memory: OrderedDict[str, Any], key: str, value: Any, limit: int = ENDED_MEMORY) -> None:
+    """Put ``key`` in a bounded memory, newest last, forgetting the oldest beyond ``limit``."""
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > limit:
+        memory.popitem(last=False)
 
 
 def resolve_runtime(spec: str) -> str:

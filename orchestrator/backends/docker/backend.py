@@ -49,6 +49,7 @@ from ..base import (
     WorkerHandle,
     WorkerLimits,
     WorkerSpec,
+    remember,
 )
 from ..gpus import GpuInventory, detect_gpus
 from ..hold import Holds
@@ -79,8 +80,6 @@ ORCHESTRATOR_LABEL = f"{LABEL_PREFIX}orchestrator"
 #: Another orchestrator's container that ended this long ago is an orphan: its owner would have removed it.
 STALE_ORPHAN_S = 120.0
 SCOPE_LABEL = f"{LABEL_PREFIX}scope"
-# How many ended containers' exit infos are kept for exit_info() after stop() removed them.
-_REMEMBER = 4096
 # How long a SIGKILL exit that mlbridge did not cause may take to show the engine's OOM flag.
 OOM_SETTLE_S = 1.5
 
@@ -88,13 +87,6 @@ OOM_SETTLE_S = 1.5
 def default_image(bridge: str) -> str:
     """``mlbridge/<bridge>:<version>``: the tag ``mlbridge images build <bridge>`` gives."""
     return image_tag(bridge)
-
-
-def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
-    memory[key] = value
-    memory.move_to_end(key)
-    while len(memory) > _REMEMBER:
-        memory.popitem(last=False)
 
 
 def prepare_socket_dir(channel: UnixSocketChannel) -> None:
@@ -421,13 +413,13 @@ class DockerBackend(Backend, SupportsEgress, SupportsGpus, SupportsHold):
     def _stop_sync(self, cid: str, kill: bool, timeout: float) -> None:
         before = self._final_info(cid)
         if before is None:  # still running: mlbridge ends it
-            _remember(self._stopped, cid, "kill" if kill else "stop")
+            remember(self._stopped, cid, "kill" if kill else "stop")
             self.engine.stop(cid, kill=kill, timeout=max(0, math.ceil(timeout)))
             before = self._final_info(cid)
         if before is not None:
-            _remember(self._final, cid, before)
+            remember(self._final, cid, before)
         if not self.engine.remove(cid) and cid not in self._final:
-            _remember(self._final, cid, ExitInfo(exit_code=None, reason="container was removed"))
+            remember(self._final, cid, ExitInfo(exit_code=None, reason="container was removed"))
 
     async def stop(self, handle: WorkerHandle, *, kill: bool = False, timeout: float = 5.0) -> None:
         """Stop (SIGTERM, SIGKILL after ``timeout``) or kill the container, then remove it.

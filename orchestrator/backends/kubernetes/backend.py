@@ -54,6 +54,7 @@ from ..base import (
     SupportsGpus,
     WorkerHandle,
     WorkerSpec,
+    remember,
 )
 from ..tls import WORKER_PORT, TcpMtlsChannel, WorkerCA
 from .api import KubeApi, PodWatch
@@ -78,15 +79,6 @@ T = TypeVar("T")
 ORCHESTRATOR_LABEL = f"{LABEL_PREFIX}orchestrator"
 #: Beyond a stop's grace period: how long the kubelet may take to report the container gone.
 STOP_SLACK_S = 10.0
-# How many ended workers' exit infos are kept for exit_info() after stop() deleted their pods.
-_REMEMBER = 4096
-
-
-def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
-    memory[key] = value
-    memory.move_to_end(key)
-    while len(memory) > _REMEMBER:
-        memory.popitem(last=False)
 
 
 def _secret_name(name: str) -> str:
@@ -273,7 +265,7 @@ class KubernetesBackend(Backend, SupportsEgress, SupportsGpus):
         info = None if pod is None else exit_info_from_pod(pod, self._stopped.get(name))
         if pod is not None and info is None:  # still running (or starting): mlbridge ends it
             mode = "kill" if kill else "stop"
-            _remember(self._stopped, name, mode)
+            remember(self._stopped, name, mode)
             grace = 0 if kill else max(1, math.ceil(timeout))
             seen: list[dict[str, Any]] = [pod]
 
@@ -291,7 +283,7 @@ class KubernetesBackend(Backend, SupportsEgress, SupportsGpus):
             self.api.delete("Pod", name, grace_s=0)
         if info is None:
             info = self._final.get(name) or ExitInfo(exit_code=None, reason="pod was removed")
-        _remember(self._final, name, info)
+        remember(self._final, name, info)
         self.api.delete("Secret", _secret_name(name))
         self.api.delete("NetworkPolicy", name)
 
