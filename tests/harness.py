@@ -6,9 +6,13 @@ import asyncio
 import hashlib
 import json
 import os
+import queue
+import struct
+import subprocess
+import sys
 import threading
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +173,80 @@ class InProcessRuntime:
 
     def execute(self, rid: str, inputs: dict[str, Any] | None = None) -> Any:
         return self.ok("common:execute_resource", inputs or {}, rid)
+
+
+class PortChild:
+    """``python -m orchestrator.cli --address ADDR port *extra`` as a child, its stdout read by a thread.
+
+    Every frame it writes is passed to ``decode``; what comes out is queued for :meth:`next`. Bytes that are
+    not a whole frame, or a frame ``decode`` refuses, are kept in ``garbage`` and end the reading:
+    :meth:`finish` fails on them. ``stderr_path`` keeps the child's log.
+    """
+
+    WAIT_S = 90
+
+    def __init__(self, address: str, stderr_path: Path, *extra: str, decode: Callable[[bytes], Any]) -> None:
+        self.stderr_path = stderr_path
+        self._stderr = stderr_path.open("wb")
+        self._decode = decode
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "--address", address, "port", *extra],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self.garbage: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        out = self.proc.stdout
+        assert out is not None
+        while True:
+            header = out.read(4)
+            if len(header) < 4:
+                if header:
+                    self.garbage.append(header)
+                break
+            body = out.read(struct.unpack(">I", header)[0])
+            try:
+                self.frames.put(self._decode(body))
+            except Exception:  # noqa: BLE001 - recorded, and finish() fails on it
+                self.garbage.append(header + body)
+                break
+        self.frames.put(None)
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def next(self) -> Any:
+        """The next decoded frame (fails when the child closed its output)."""
+        got = self.frames.get(timeout=self.WAIT_S)
+        assert got is not None, f"the port closed its output; stderr: {self.stderr()}"
+        return got
+
+    def finish(self, close_stdin: bool = True) -> int:
+        """Close its input (unless it ends by itself), wait for it; its exit code."""
+        if close_stdin and self.proc.stdin is not None:
+            self.proc.stdin.close()
+        code = self.proc.wait(self.WAIT_S)
+        self._reader.join(self.WAIT_S)
+        self._stderr.close()
+        assert not self.garbage, f"stdout carried bytes that are not frames: {self.garbage!r}"
+        return code
+
+    def rest(self) -> list[Any]:
+        """Frames not read yet (after :meth:`finish`)."""
+        out = []
+        while (item := self.frames.get(timeout=5)) is not None:
+            out.append(item)
+        return out
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self._stderr.closed:
+            self._stderr.close()

@@ -8,11 +8,7 @@ thread fails the test if stdout ever carries anything that is not a frame.
 from __future__ import annotations
 
 import json
-import queue
 import struct
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +18,7 @@ import dspy as _dspy_required  # noqa: F401  (a hard requirement: missing setup 
 import pytest
 
 from orchestrator.compat.dspex import API_KEY_SECRET  # noqa: E402
-from tests.harness import ServerThread  # noqa: E402
+from tests.harness import PortChild, ServerThread  # noqa: E402
 from tests.unit.test_dspex_compat import BACKENDS, KEY, QA, TENANT, make_server  # noqa: E402
 
 WAIT_S = 90
@@ -43,47 +39,26 @@ def request(rid: Any, command: str, args: dict[str, Any] | None = None) -> bytes
     return frame(json.dumps({"id": rid, "command": command, "args": args or {}}).encode())
 
 
-class PortProcess:
-    """``python -m orchestrator.cli --address ADDR port``, with a strict frame reader on its stdout."""
+def _reply(body: bytes) -> dict[str, Any]:
+    reply = json.loads(body)
+    if not (isinstance(reply, dict) and {"id", "success", "timestamp"} <= set(reply)):
+        raise ValueError(f"not a DSPex reply: {reply!r}")
+    return reply
+
+
+class PortProcess(PortChild):
+    """``mlbridge port`` (DSPex's protocol), each frame read strictly as a DSPex reply."""
+
+    WAIT_S = WAIT_S
 
     def __init__(self, address: str, stderr_path: Path, *extra: str) -> None:
-        self.stderr_path = stderr_path
-        self._stderr = stderr_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "--address", address, "port", *extra],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-        self.replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.garbage: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        out = self.proc.stdout
-        assert out is not None
-        while True:
-            header = out.read(4)
-            if len(header) < 4:
-                if header:
-                    self.garbage.append(header)
-                break
-            (length,) = struct.unpack(">I", header)
-            body = out.read(length)
-            try:
-                reply = json.loads(body)
-                assert isinstance(reply, dict) and {"id", "success", "timestamp"} <= set(reply)
-            except (ValueError, AssertionError):
-                self.garbage.append(header + body)
-                break
-            self.replies.put(reply)
-        self.replies.put(None)
+        super().__init__(address, stderr_path, *extra, decode=_reply)
 
     def send(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        self.send_raw(data)
 
     def reply(self) -> dict[str, Any]:
-        got = self.replies.get(timeout=WAIT_S)
-        assert got is not None, f"the port closed stdout; stderr: {self.stderr()}"
+        got: dict[str, Any] = self.next()
         return got
 
     def call(self, rid: Any, command: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -100,32 +75,6 @@ class PortProcess:
         else:
             assert "deprecated" not in got
         return got["result"]
-
-    def finish(self, close_stdin: bool = True) -> int:
-        if close_stdin and self.proc.stdin is not None:
-            self.proc.stdin.close()
-        code = self.proc.wait(WAIT_S)
-        self._reader.join(WAIT_S)
-        self._stderr.close()
-        assert not self.garbage, f"stdout carried bytes that are not reply frames: {self.garbage!r}"
-        return code
-
-    def rest(self) -> list[dict[str, Any]]:
-        """Replies not read yet (after :meth:`finish`)."""
-        out = []
-        while (item := self.replies.get(timeout=5)) is not None:
-            out.append(item)
-        return out
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if not self._stderr.closed:
-            self._stderr.close()
 
 
 @pytest.fixture()

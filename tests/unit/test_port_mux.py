@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import struct
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +15,7 @@ import pytest
 
 from orchestrator.client import MLBridge
 from orchestrator.port.mux import decode, encode
-from tests.harness import ServerThread, make_config
+from tests.harness import PortChild, ServerThread, make_config
 
 WAIT_S = 60
 
@@ -36,49 +32,24 @@ def frame(header: dict[str, Any], attachments: dict[str, bytes] | None = None) -
     return struct.pack(">I", len(body)) + body
 
 
-class Mux:
-    """A mux port subprocess with a reader thread sorting its frames by request id."""
+class Mux(PortChild):
+    """A mux port subprocess; each frame decoded into its header and attachments."""
+
+    WAIT_S = WAIT_S
 
     def __init__(self, address: str, stderr_path: Path, *extra: str) -> None:
-        self.stderr_path = stderr_path
-        self._stderr = stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "--address", address, "port", "--protocol", "mux", *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-        self.frames: queue.Queue[tuple[dict[str, Any], dict[str, bytes]] | None] = queue.Queue()
-        self.garbage: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(address, stderr_path, "--protocol", "mux", *extra, decode=decode)
         self.hello = self.next()
-
-    def _read(self) -> None:
-        out = self.proc.stdout
-        assert out is not None
-        while len(head := out.read(4)) == 4:
-            (length,) = struct.unpack(">I", head)
-            body = out.read(length)
-            try:
-                self.frames.put(decode(body))
-            except Exception:  # noqa: BLE001 - recorded and asserted on
-                self.garbage.append(body)
-                break
-        self.frames.put(None)
 
     def send(self, header: dict[str, Any], attachments: dict[str, bytes] | None = None) -> None:
         self.send_raw(frame(header, attachments))
 
-    def send_raw(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
     def next(self) -> dict[str, Any]:
-        got = self.frames.get(timeout=WAIT_S)
-        assert got is not None, f"the port closed its output; stderr: {self.stderr_path.read_text()}"
-        header, attachments = got
+        """The next frame's header, with its attachments under ``_blobs``."""
+        header, attachments = super().next()
         if attachments:
             header["_blobs"] = attachments
-        return header
+        return dict(header)
 
     def request(self, header: dict[str, Any], attachments: dict[str, bytes] | None = None) -> dict[str, Any]:
         """Send one request and return its final frame (nothing else may be in flight)."""
@@ -91,22 +62,6 @@ class Mux:
         got = self.request(header, attachments)
         assert got["ok"] is True, got
         return got["result"]
-
-    def finish(self) -> int:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        code = self.proc.wait(WAIT_S)
-        self._reader.join(WAIT_S)
-        self._stderr.close()
-        assert not self.garbage, f"stdout carried bytes that are not mux frames: {self.garbage!r}"
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if not self._stderr.closed:
-            self._stderr.close()
 
 
 @pytest.fixture()
